@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from sealboot_agent.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,77 @@
+"""Build botocore clients that use the instance profile read through our IMDSv2 client.
+
+botocore signs, retries and resolves endpoints; we only feed it the credentials, so the
+token we already hold is reused and IMDSv1 is never tried.
+
+Example::
+
+    >>> session = session_from_imds(imds, imds.role_credentials())
+    >>> client = make_client(session, "secretsmanager", region="eu-west-1", endpoint_url=None,
+    ...                      deadline=Deadline(60))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
+
+from sealboot_agent import __version__
+from sealboot_agent.imds import Deadline, Imds, RoleCredentials
+
+Client = Any
+
+
+class _ImdsV2Provider(CredentialProvider):  # type: ignore[misc]
+    METHOD = "sealboot-imdsv2"
+    CANONICAL_NAME = "SealbootImdsV2"
+
+    def __init__(self, initial: dict[str, str], refresh: Callable[[], dict[str, str]]):
+        super().__init__()
+        self._initial = initial
+        self._refresh = refresh
+
+    def load(self) -> RefreshableCredentials:
+        return RefreshableCredentials.create_from_metadata(
+            metadata=self._initial, refresh_using=self._refresh, method=self.METHOD
+        )
+
+
+def client_config(deadline: Deadline, max_attempts: int = 6) -> Config:
+    """botocore's standard retry mode (throttling, 5xx, timeouts), with short socket timeouts."""
+    timeout = max(1.0, min(10.0, deadline.remaining()))
+    return Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=min(3.0, timeout),
+        read_timeout=timeout,
+        max_pool_connections=20,
+        user_agent_extra=f"sealboot-agent/{__version__}",
+    )
+
+
+def session_from_imds(imds: Imds, initial: RoleCredentials) -> botocore.session.Session:
+    """A botocore session whose only credential source is the instance profile via IMDSv2."""
+    session = botocore.session.Session()
+    provider = _ImdsV2Provider(
+        initial.as_botocore_metadata(), lambda: imds.role_credentials().as_botocore_metadata()
+    )
+    session.register_component("credential_provider", CredentialResolver(providers=[provider]))
+    return session
+
+
+def make_client(
+    session: botocore.session.Session,
+    service: str,
+    *,
+    region: str,
+    endpoint_url: str | None,
+    deadline: Deadline,
+) -> Client:
+    return session.create_client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=client_config(deadline),
+    )

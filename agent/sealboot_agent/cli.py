@@ -1,0 +1,308 @@
+"""Command line of sealboot-agent: ``fetch`` and ``status``.
+
+Example::
+
+    $ sealboot-agent fetch --manifest /run/sealboot/manifest.json
+    $ sealboot-agent status --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from sealboot_agent import __version__
+from sealboot_agent.config import (
+    DEFAULT_LOG_FILE,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_STATE_DIR,
+    AgentConfig,
+    parse_deadline,
+    pick,
+)
+from sealboot_agent.errors import EXIT_CODES, AgentError, ManifestError, UsageError
+from sealboot_agent.handoff import HANDOFFS
+from sealboot_agent.wire import Manifest, WireError, check_endpoint_url
+
+log = logging.getLogger("sealboot_agent")
+
+
+class _UtcFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(
+            fmt="%(asctime)s sealboot-agent[%(process)d] %(levelname)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%SZ",
+        )
+        self.converter = time.gmtime
+
+
+def _same_file(stream: TextIO, path: Path) -> bool:
+    try:
+        a = os.fstat(stream.fileno())
+        b = os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def configure_logging(verbose: int, log_file: Path | None, stderr: TextIO) -> None:
+    """Log to stderr and to *log_file*, but only once when stderr already is that file."""
+    root = logging.getLogger("sealboot_agent")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    fmt = _UtcFormatter()
+    console = logging.StreamHandler(stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if log_file is not None and not _same_file(stderr, log_file):
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            old = os.umask(0o077)
+            try:
+                handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+            finally:
+                os.umask(old)
+        except OSError as exc:
+            log.warning("cannot append to %s (%s); logging to stderr only", log_file, exc.strerror)
+        else:
+            handler.setFormatter(fmt)
+            root.addHandler(handler)
+    # botocore's own debug output can echo response bodies (secret values); keep it quiet.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _exit_code_table() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sealboot-agent",
+        description="Fetch sealed EC2 user data with the instance profile, verify it, write it "
+        "durably, delete the fragments and hand the user data on.",
+        epilog=_exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sealboot-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="fetch, verify, write and delete the sealed user data",
+        epilog=_exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = fetch.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--manifest", metavar="JSON|FILE", help="the manifest, inline JSON or a file holding it"
+    )
+    src.add_argument("--prefix", help="CAPA-format secrets: the name prefix (with --count)")
+    fetch.add_argument("--count", type=int, help="CAPA-format secrets: how many fragments")
+    fetch.add_argument(
+        "--region", help="AWS region (default: manifest, then IMDS) [env SEALBOOT_REGION]"
+    )
+    fetch.add_argument(
+        "--endpoint-url",
+        help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
+    )
+    fetch.add_argument(
+        "--imds-endpoint",
+        help="instance metadata base URL (default "
+        "http://169.254.169.254) [env SEALBOOT_IMDS_ENDPOINT]",
+    )
+    fetch.add_argument(
+        "--root", help="filesystem root all paths are under (default /) [env SEALBOOT_ROOT]"
+    )
+    fetch.add_argument(
+        "--output",
+        help="where the user data is written (default: "
+        "/etc/secret-userdata.txt for --handoff file, /var/lib/sealboot/userdata "
+        "for none)",
+    )
+    fetch.add_argument(
+        "--handoff",
+        choices=HANDOFFS,
+        default="file",
+        help="how the user data is handed on (default: file)",
+    )
+    fetch.add_argument(
+        "--max-size",
+        type=int,
+        default=DEFAULT_MAX_SIZE,
+        help="refuse user data larger than this once decompressed (default: %(default)s bytes)",
+    )
+    fetch.add_argument(
+        "--deadline",
+        help="give up after this many seconds in all (default 300) [env SEALBOOT_DEADLINE]",
+    )
+    fetch.add_argument(
+        "--require-delete",
+        action="store_true",
+        help="fail (exit 9) when the fragments cannot be deleted",
+    )
+    fetch.add_argument(
+        "--log-file",
+        default=DEFAULT_LOG_FILE,
+        help="also append log lines here, under --root; '-' for none (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="add timings and AWS request ids (never secret bytes)",
+    )
+
+    status = sub.add_parser("status", help="show what happened on this instance")
+    status.add_argument("--root", help="filesystem root (default /) [env SEALBOOT_ROOT]")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
+    return parser
+
+
+def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str | None) -> Manifest:
+    try:
+        if args.prefix is not None:
+            if args.count is None:
+                raise UsageError("--prefix needs --count")
+            return Manifest.capa(args.prefix, args.count, region=region, endpoint_url=endpoint)
+        if args.count is not None:
+            raise UsageError("--count goes with --prefix")
+        text: str = args.manifest
+        if not text.lstrip().startswith("{"):
+            try:
+                text = Path(text).read_text()
+            except OSError as exc:
+                raise ManifestError(
+                    f"cannot read manifest {args.manifest}: {exc.strerror}"
+                ) from exc
+        return Manifest.from_json(text)
+    except WireError as exc:
+        raise ManifestError(f"bad manifest: {exc}") from exc
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
+    """The frozen configuration from the command line, then the environment, then defaults."""
+    region = pick(args.region, env, "region")
+    endpoint = pick(args.endpoint_url, env, "endpoint_url")
+    if endpoint is not None:
+        try:
+            check_endpoint_url(endpoint)
+        except WireError as exc:
+            raise UsageError(str(exc)) from exc
+    manifest = _load_manifest(args, region, endpoint)
+    root = Path(pick(args.root, env, "root") or "/")
+    if not root.is_absolute():
+        root = root.resolve()
+    output = args.output or HANDOFFS[args.handoff].default_output
+    if not output.startswith("/"):
+        raise UsageError("--output must be an absolute path (it is taken under --root)")
+    if args.max_size < 1:
+        raise UsageError("--max-size must be positive")
+    return AgentConfig(
+        manifest=manifest,
+        root=root,
+        output=output,
+        handoff=args.handoff,
+        region=region,
+        endpoint_url=endpoint,
+        imds_endpoint=pick(args.imds_endpoint, env, "imds_endpoint") or AgentConfig.imds_endpoint,
+        state_dir=DEFAULT_STATE_DIR,
+        log_file=None if args.log_file == "-" else args.log_file,
+        max_size=args.max_size,
+        deadline=parse_deadline(pick(args.deadline, env, "deadline")),
+        require_delete=args.require_delete,
+        verbose=args.verbose,
+    )
+
+
+def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from sealboot_agent.state import StateStore
+
+    root = Path(pick(args.root, env, "root") or "/")
+    store = StateStore(root / DEFAULT_STATE_DIR.lstrip("/"))
+    state = store.load()
+    if state is None:
+        if args.json:
+            out.write(json.dumps({"phase": None, "outcome": "never-run"}) + "\n")
+        else:
+            out.write("sealboot-agent has not run on this instance\n")
+        return 0
+    if args.json:
+        out.write(state.to_json())
+        return 0 if state.outcome == "ok" else 1
+    out.write(f"outcome:   {state.outcome}\n")
+    out.write(f"phase:     {state.phase}\n")
+    out.write(f"manifest:  {state.manifest_id}\n")
+    out.write(f"instance:  {state.instance_id or '-'}  region: {state.region or '-'}\n")
+    out.write(f"output:    {state.output or '-'}  hand-off: {state.handoff or '-'}\n")
+    out.write(f"fragments: {len(state.fragments)}\n")
+    for name in state.fragments:
+        out.write(f"  {name}{'  (left behind)' if name in state.left_behind else ''}\n")
+    for phase, at in state.times.items():
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        out.write(f"  {phase:<11} {stamp}\n")
+    if state.error:
+        out.write(
+            f"error:     {state.error.get('message')} (exit {state.error.get('exit_code')})\n"
+        )
+    return 0 if state.outcome == "ok" else 1
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    """Run the agent; return the process exit code (documented in EXIT_CODES)."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.command == "status":
+        return _status(args, env, stdout)
+    os.umask(0o077)
+    try:
+        cfg = build_config(args, env)
+    except AgentError as exc:
+        stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
+        return exc.exit_code
+    configure_logging(cfg.verbose, cfg.path(cfg.log_file) if cfg.log_file else None, stderr)
+    from sealboot_agent.run import Deps, run_fetch
+
+    label = cfg.manifest.labels.get("machine")
+    log.info(
+        "sealboot-agent %s: %d fragment(s)%s, manifest %s",
+        __version__,
+        cfg.manifest.count,
+        f" for machine {label}" if label else "",
+        cfg.manifest.manifest_id,
+    )
+    try:
+        run_fetch(cfg, Deps())
+    except AgentError as exc:
+        log.error("%s", exc.message)
+        log.error("what to do: %s", exc.advice)
+        log.error("exit %d", exc.exit_code)
+        return exc.exit_code
+    except Exception:  # noqa: BLE001 - the boot path must say what broke, not just die
+        log.exception("unexpected error; no fragment was deleted unless the log says so")
+        return 1
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())

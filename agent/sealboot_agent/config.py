@@ -1,0 +1,84 @@
+"""The agent's one frozen configuration, built at the edge (CLI > environment > defaults)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sealboot_agent.errors import UsageError
+from sealboot_agent.wire import Manifest
+
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+DEFAULT_OUTPUT = "/etc/secret-userdata.txt"
+PRIVATE_OUTPUT = "/var/lib/sealboot/userdata"
+DEFAULT_STATE_DIR = "/var/lib/sealboot"
+DEFAULT_LOG_FILE = "/var/log/cloud-init-output.log"
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+DEFAULT_DEADLINE = 300.0
+
+# Environment variables the CLI reads (and nothing else does).
+ENV = {
+    "region": "SEALBOOT_REGION",
+    "endpoint_url": "SEALBOOT_ENDPOINT_URL",
+    "imds_endpoint": "SEALBOOT_IMDS_ENDPOINT",
+    "root": "SEALBOOT_ROOT",
+    "deadline": "SEALBOOT_DEADLINE",
+}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent run needs to know; paths are inside ``root``.
+
+    Example::
+
+        >>> AgentConfig(manifest=m, root=Path("/tmp/inst")).path("/etc/x")
+        PosixPath('/tmp/inst/etc/x')
+    """
+
+    manifest: Manifest
+    root: Path = Path("/")
+    output: str = DEFAULT_OUTPUT
+    handoff: str = "file"
+    region: str | None = None
+    endpoint_url: str | None = None
+    imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
+    state_dir: str = DEFAULT_STATE_DIR
+    log_file: str | None = DEFAULT_LOG_FILE
+    max_size: int = DEFAULT_MAX_SIZE
+    deadline: float = DEFAULT_DEADLINE
+    require_delete: bool = False
+    verbose: int = 0
+
+    def path(self, inside: str) -> Path:
+        """Map an absolute path on the instance to the configured filesystem root."""
+        return self.root / inside.lstrip("/")
+
+    @property
+    def effective_region(self) -> str | None:
+        return self.region or self.manifest.region
+
+    @property
+    def effective_endpoint(self) -> str | None:
+        return self.endpoint_url or self.manifest.endpoint_url
+
+
+def pick(cli: str | None, env: Mapping[str, str], key: str) -> str | None:
+    """CLI value if given, else the environment's, else None."""
+    if cli is not None:
+        return cli
+    value = env.get(ENV[key])
+    return value if value else None
+
+
+def parse_deadline(text: str | None) -> float:
+    if text is None:
+        return DEFAULT_DEADLINE
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise UsageError(f"deadline {text!r} is not a number of seconds") from exc
+    if not 1 <= value <= 86400:
+        raise UsageError("deadline must be between 1 and 86400 seconds")
+    return value

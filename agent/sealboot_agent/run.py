@@ -1,0 +1,203 @@
+"""The fetch run: IMDS -> credentials -> fetch -> verify -> write -> delete -> hand-off.
+
+Example::
+
+    >>> state = run_fetch(AgentConfig(manifest=m), Deps())
+    >>> state.outcome
+    'ok'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from sealboot_agent import __version__
+from sealboot_agent.config import AgentConfig
+from sealboot_agent.errors import AgentError, DeleteError, ImdsError
+from sealboot_agent.handoff import HANDOFFS
+from sealboot_agent.imds import Deadline, Imds
+from sealboot_agent.state import State, StateStore, write_durable
+from sealboot_agent.wire import sha256_hex
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+
+def _new_http() -> requests.Session:
+    import requests
+
+    return requests.Session()
+
+
+@dataclass
+class Deps:
+    """What the run touches outside itself; tests inject their own."""
+
+    http_factory: Callable[[], requests.Session] = _new_http
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    client_factory: Callable[..., Any] | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _file_sha256(path: Any) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return sha256_hex(fh.read())
+    except OSError:
+        return None
+
+
+def _resumable(prev: State | None, cfg: AgentConfig, mid: str) -> State | None:
+    """A previous run of this manifest that already wrote a verified copy we can trust."""
+    if prev is None or prev.manifest_id != mid or not prev.reached("written"):
+        return None
+    if prev.output != cfg.output or prev.output_sha256 is None:
+        return None
+    if _file_sha256(cfg.path(cfg.output)) != prev.output_sha256:
+        log.warning("previous run wrote %s but it changed or vanished; fetching again", cfg.output)
+        return None
+    return prev
+
+
+def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
+    """Run every step once, resuming where a crashed run stopped; raise AgentError on failure."""
+    started = deps.clock()
+    manifest = cfg.manifest
+    mid = manifest.manifest_id
+    store = StateStore(cfg.path(cfg.state_dir), deps.wall)
+    deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
+    with store.lock(wait=min(60.0, cfg.deadline), clock=deps.clock, sleep=deps.sleep):
+        prev = store.load()
+        if prev is not None and prev.manifest_id == mid and prev.phase == "done":
+            log.info(
+                "user data was already handed over on this instance (%s); nothing to do",
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(prev.times.get("done", 0))),
+            )
+            write_durable(store.done_marker(mid), b"")
+            return prev
+        resumed = _resumable(prev, cfg, mid)
+        if resumed is not None:
+            state = resumed
+            log.info("resuming: %s was written and verified by an earlier run", cfg.output)
+        else:
+            state = State(
+                manifest_id=mid,
+                fragments=list(manifest.fragments),
+                output=cfg.output,
+                handoff=cfg.handoff,
+                agent_version=__version__,
+            )
+        state.outcome, state.error = "running", None
+        try:
+            _steps(cfg, deps, store, state, deadline, resumed is not None)
+        except AgentError as exc:
+            state.outcome = "failed"
+            state.error = {
+                "exit_code": exc.exit_code,
+                "kind": type(exc).__name__,
+                "message": exc.message,
+                "fragment": exc.fragment,
+            }
+            try:
+                store.save(state)
+            except AgentError as save_exc:
+                log.warning("could not record the failure in the state file: %s", save_exc)
+            raise
+        log.info("done in %.2fs", deps.clock() - started)
+        return state
+
+
+def _steps(
+    cfg: AgentConfig, deps: Deps, store: StateStore, state: State, deadline: Deadline, resumed: bool
+) -> None:
+    # Imported here so the no-op path on every later boot never pays for botocore.
+    from sealboot_agent.assemble import assemble
+    from sealboot_agent.aws import make_client, session_from_imds
+    from sealboot_agent.delete import delete_fragments
+    from sealboot_agent.fetch import fetch_fragments
+
+    manifest = cfg.manifest
+    if not resumed:
+        store.save(state, "started")
+    imds = Imds(cfg.imds_endpoint, deps.http_factory(), deadline)
+    t0 = deps.clock()
+    state.instance_id = imds.instance_id()
+    region = cfg.effective_region or imds.region()
+    state.region = region
+    creds = imds.role_credentials()
+    log.info(
+        "IMDSv2: instance %s, region %s, instance profile role %s",
+        state.instance_id,
+        region,
+        creds.role,
+    )
+    log.debug("IMDS took %.3fs over %d request(s)", deps.clock() - t0, imds.requests)
+    store.save(state, "credentials")
+
+    if deps.client_factory is not None:
+        client = deps.client_factory(region=region, endpoint_url=cfg.effective_endpoint)
+    else:
+        session = session_from_imds(imds, creds)
+        client = make_client(
+            session,
+            "secretsmanager",
+            region=region,
+            endpoint_url=cfg.effective_endpoint,
+            deadline=deadline,
+        )
+    if deadline.expired():
+        raise ImdsError("the deadline passed while reading instance metadata")
+
+    if not resumed:
+        t0 = deps.clock()
+        chunks = fetch_fragments(client, manifest.fragments)
+        log.info(
+            "fetched %d fragment(s), %d bytes, in %.2fs",
+            len(chunks),
+            sum(len(c) for c in chunks),
+            deps.clock() - t0,
+        )
+        store.save(state, "fetched")
+        payload = assemble(manifest, chunks, max_size=cfg.max_size)
+        if manifest.sha256:
+            log.info("verified sha256 %s; user data is %d bytes", manifest.sha256, len(payload))
+        else:
+            log.info(
+                "gzip stream intact (CAPA format carries no digest); user data is %d bytes",
+                len(payload),
+            )
+        store.save(state, "verified")
+        write_durable(cfg.path(cfg.output), payload)
+        state.output_sha256 = sha256_hex(payload)
+        log.info("wrote %s (%d bytes, mode 0600, fsynced)", cfg.output, len(payload))
+        store.save(state, "written")
+
+    left = delete_fragments(client, manifest.fragments)
+    state.left_behind = sorted(left)
+    if left:
+        detail = "; ".join(f"{n}: {why}" for n, why in sorted(left.items()))
+        msg = f"{len(left)} fragment(s) could not be deleted: {detail}"
+        if cfg.require_delete:
+            raise DeleteError(msg)
+        log.warning(
+            "%s. The user data is safe on disk; remove them with 'sealboot delete' "
+            "or 'sealboot sweep'",
+            msg,
+        )
+    else:
+        log.info("deleted %d fragment(s)", len(manifest.fragments))
+    store.save(state, "deleted")
+
+    handoff = HANDOFFS[cfg.handoff]
+    log.info("hand-off %s: %s", handoff.name, handoff.description)
+    store.save(state, "handed_off")
+    write_durable(store.done_marker(state.manifest_id), b"")
+    state.outcome = "ok"
+    store.save(state, "done")

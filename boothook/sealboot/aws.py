@@ -1,0 +1,61 @@
+"""Secrets Manager clients for the controller side, with botocore's standard retries.
+
+Example::
+
+    >>> client = secrets_client(region="eu-west-1", endpoint_url=None)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sealboot.errors import AccessDenied, AwsError, SealbootError
+from sealboot_agent import __version__
+
+Client = Any
+
+_DENIED = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnauthorizedOperation",
+    "KMSAccessDeniedException",
+}
+
+
+def secrets_client(
+    *, region: str | None, endpoint_url: str | None, max_attempts: int = 8
+) -> Client:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "secretsmanager",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=20,
+            user_agent_extra=f"sealboot/{__version__}",
+        ),
+    )
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def wrap(exc: Exception, doing: str) -> SealbootError:
+    """Turn a botocore failure into the toolkit error a user can act on."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        rid = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
+        text = f"{doing}: {err.get('Code')}: {err.get('Message')}"
+        if rid:
+            text += f" (request id {rid})"
+        return AccessDenied(text) if err.get("Code") in _DENIED else AwsError(text)
+    if isinstance(exc, BotoCoreError):
+        return AwsError(f"{doing}: {exc}")
+    return AwsError(f"{doing}: {type(exc).__name__}: {exc}")

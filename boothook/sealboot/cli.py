@@ -1,0 +1,229 @@
+"""Command line of the sealboot toolkit: seal, render, delete, inspect.
+
+Example::
+
+    $ sealboot seal --namespace default --cluster c1 --machine m1 --region eu-west-1 \\
+          --manifest-out m1.json -o m1.userdata cloud-config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from sealboot.errors import EXIT_CODES, InputError, SealbootError
+from sealboot_agent import __version__
+from sealboot_agent.wire import FORMATS, Manifest, WireError
+
+log = logging.getLogger("sealboot")
+
+
+def _epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {c:>3}  {w}" for c, w in EXIT_CODES.items())
+
+
+def _common_aws(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", help="AWS region [env AWS_REGION, AWS_DEFAULT_REGION]")
+    p.add_argument(
+        "--endpoint-url",
+        help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sealboot",
+        description="Seal EC2 user data into short-lived Secrets Manager fragments and render "
+        "the boothook that fetches them at first boot.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sealboot {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seal = sub.add_parser("seal", help="store user data as fragments; print the EC2 user data")
+    seal.add_argument("userdata", metavar="USERDATA_FILE|-", help="the real user data")
+    seal.add_argument("--backend", choices=["secrets-manager"], default="secrets-manager")
+    seal.add_argument("--namespace", required=True, help="Kubernetes namespace of the machine")
+    seal.add_argument("--cluster", required=True, help="cluster name")
+    seal.add_argument("--machine", required=True, help="machine name")
+    seal.add_argument("--role", default="node", help="machine role tag (default: node)")
+    _common_aws(seal)
+    seal.add_argument(
+        "--kms-key-id", help="customer KMS key for the fragments (default: aws/secretsmanager)"
+    )
+    seal.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra tag on every fragment (repeatable)",
+    )
+    seal.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="native",
+        help="native (default) or capa: what a stock CAPA controller writes",
+    )
+    seal.add_argument(
+        "--expires-in",
+        type=int,
+        default=24 * 3600,
+        metavar="SECONDS",
+        help="expiry tag that 'sweep' honours (default: 86400)",
+    )
+    seal.add_argument("--manifest-out", metavar="FILE", help="write the manifest JSON here")
+    seal.add_argument(
+        "-o", "--output", metavar="FILE", help="write the user data here (default: stdout)"
+    )
+
+    render = sub.add_parser("render", help="render user data from a manifest")
+    render.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
+    render.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+
+    delete = sub.add_parser("delete", help="delete a machine's fragments (idempotent)")
+    delete.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
+    _common_aws(delete)
+
+    inspect = sub.add_parser("inspect", help="print the manifest carried by rendered user data")
+    inspect.add_argument("userdata", metavar="USERDATA_FILE", help="rendered user data, or -")
+    return parser
+
+
+def _read(path: str, stdin: TextIO) -> bytes:
+    if path == "-":
+        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _write(path: str | None, text: str, stdout: TextIO, private: bool = False) -> None:
+    if path is None or path == "-":
+        stdout.write(text)
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _manifest(path: str, stdin: TextIO) -> Manifest:
+    try:
+        return Manifest.from_json(_read(path, stdin).decode("utf-8", "replace"))
+    except WireError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+
+
+def _tags(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--tag {item!r} must be KEY=VALUE")
+        out.append((key, value))
+    return tuple(out)
+
+
+def _cmd_seal(
+    args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO
+) -> int:
+    from sealboot.render import render
+    from sealboot.seal import SealConfig, seal
+
+    data = _read(args.userdata, stdin)
+    cfg = SealConfig(
+        region=args.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL"),
+        kms_key_id=args.kms_key_id,
+        tags=_tags(args.tag),
+        format=args.format,
+        ttl_seconds=args.expires_in,
+    )
+    if cfg.region is None:
+        raise InputError("no region: pass --region or set AWS_REGION")
+    manifest = seal(
+        data,
+        namespace=args.namespace,
+        cluster=args.cluster,
+        machine=args.machine,
+        role=args.role,
+        config=cfg,
+    )
+    try:
+        userdata = render(manifest)
+    except SealbootError:
+        from sealboot.delete import delete
+
+        # Nothing will ever fetch fragments whose user data cannot be rendered.
+        delete(manifest, region=cfg.region, endpoint_url=cfg.endpoint_url)
+        raise
+    if args.manifest_out:
+        _write(args.manifest_out, manifest.to_json() + "\n", stdout)
+    _write(args.output, userdata, stdout)
+    log.info("sealed %d fragment(s); manifest %s", manifest.count, manifest.manifest_id)
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    """Run the toolkit CLI; return the exit code (see EXIT_CODES)."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("sealboot: %(message)s"))
+    root = logging.getLogger("sealboot")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root.propagate = False
+    try:
+        if args.command == "seal":
+            return _cmd_seal(args, env, stdin, stdout)
+        if args.command == "render":
+            from sealboot.render import render
+
+            _write(args.output, render(_manifest(args.manifest, stdin)), stdout)
+            return 0
+        if args.command == "delete":
+            from sealboot.delete import delete
+
+            manifest = _manifest(args.manifest, stdin)
+            gone = delete(
+                manifest,
+                region=args.region,
+                endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL"),
+            )
+            log.info("%d of %d fragment(s) are gone", len(gone), manifest.count)
+            return 0
+        if args.command == "inspect":
+            from sealboot.render import inspect
+
+            raw = _read(args.userdata, stdin).decode("utf-8", "replace")
+            stdout.write(inspect(raw).to_json() + "\n")
+            return 0
+    except SealbootError as exc:
+        stderr.write(f"sealboot: error: {exc.message}\n  what to do: {exc.advice}\n")
+        return exc.exit_code
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Render a manifest into EC2 user data (MIME with a cloud-boothook part), and read it back.
+
+Example::
+
+    >>> text = render(manifest)
+    >>> inspect(text) == manifest
+    True
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shlex
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from importlib import resources
+
+from sealboot.errors import InputError, TooLarge
+from sealboot_agent import __version__
+from sealboot_agent.wire import Manifest, WireError
+
+EC2_USERDATA_MAX = 16384
+BOOTHOOK_TYPE = "text/cloud-boothook"
+_MANIFEST_VAR = "SEALBOOT_MANIFEST"
+# Keep every line far below RFC 5322's 998-character limit for 7bit MIME bodies.
+_CHUNK = 160
+
+
+def _template() -> str:
+    return resources.files("sealboot").joinpath("templates/boothook.sh").read_text()
+
+
+def q(value: str) -> str:
+    """Shell-quote *value* for bash; the result is always data, never code."""
+    if "\x00" in value:
+        raise InputError("a value for the boothook contains a NUL byte")
+    return shlex.quote(value)
+
+
+def _assignments(manifest: Manifest) -> str:
+    text = manifest.to_json()
+    lines = [f"SEALBOOT_VERSION={q(__version__)}", f"SEALBOOT_ID={q(manifest.manifest_id)}"]
+    lines.append(f"{_MANIFEST_VAR}=''")
+    for start in range(0, len(text), _CHUNK):
+        lines.append(f"{_MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
+    # Names one per line for the messages (and for code that cannot parse JSON).
+    lines.append("SEALBOOT_FRAGMENTS=(")
+    lines.extend(f"    {q(name)}" for name in manifest.fragments)
+    lines.append(")")
+    return "\n".join(lines)
+
+
+def render_boothook(manifest: Manifest) -> str:
+    """The bash boothook for *manifest*, starting with ``#cloud-boothook``."""
+    script = _template()
+    script = script.replace("@@VERSION@@", __version__)
+    script = script.replace("@@ASSIGNMENTS@@", _assignments(manifest))
+    if "@@" in script:
+        raise AssertionError("boothook template has an unfilled marker")
+    return script
+
+
+def render(manifest: Manifest) -> str:
+    """EC2 user data for *manifest*: MIME multipart with one ``text/cloud-boothook`` part."""
+    outer = MIMEMultipart(boundary=f"==sealboot-{manifest.manifest_id[:16]}==")
+    part = MIMEText(render_boothook(manifest), "cloud-boothook", "us-ascii")
+    part.add_header("Content-Disposition", "attachment", filename="sealboot.sh")
+    outer.attach(part)
+    text = outer.as_string()
+    size = len(text.encode())
+    if size > EC2_USERDATA_MAX:
+        raise TooLarge(
+            f"rendered user data is {size} bytes; EC2 accepts at most {EC2_USERDATA_MAX}. "
+            f"The manifest names {manifest.count} fragment(s) of "
+            f"{max(len(n) for n in manifest.fragments)}-character names"
+        )
+    return text
+
+
+def _boothook_text(userdata: str) -> str:
+    if userdata.startswith("#cloud-boothook"):
+        return userdata
+    msg = email.message_from_string(userdata, policy=email.policy.compat32)
+    for part in msg.walk():
+        if part.get_content_type() == BOOTHOOK_TYPE:
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload.decode("utf-8", "replace")
+    raise InputError("no text/cloud-boothook part found; is this sealboot user data?")
+
+
+def inspect(userdata: str) -> Manifest:
+    """Read back the manifest that rendered *userdata* carries."""
+    parts: list[str] = []
+    for line in _boothook_text(userdata).splitlines():
+        if line.startswith((f"{_MANIFEST_VAR}=", f"{_MANIFEST_VAR}+=")):
+            value = "".join(shlex.split(line.split("=", 1)[1]))
+            parts.append(value)
+    if not parts:
+        raise InputError("the boothook carries no sealboot manifest")
+    try:
+        return Manifest.from_json("".join(parts))
+    except WireError as exc:
+        raise InputError(f"the manifest in this user data is invalid: {exc}") from exc

@@ -1,0 +1,258 @@
+"""Seal user data into Secrets Manager fragments and return the manifest that names them.
+
+Example::
+
+    >>> m = seal(b"#cloud-config\\n", namespace="default", cluster="c1", machine="m1",
+    ...          config=SealConfig(region="eu-west-1"))
+    >>> m.count
+    1
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sealboot.aws import Client, error_code, secrets_client, wrap
+from sealboot.errors import InputError, SealbootError
+from sealboot_agent import __version__
+from sealboot_agent.wire import (
+    BACKEND_SECRETS_MANAGER,
+    CAPA_FRAGMENT_SIZE,
+    DEFAULT_ROOT,
+    FORMAT_CAPA,
+    FORMAT_NATIVE,
+    SECRETS_MANAGER_MAX_VALUE,
+    Manifest,
+    WireError,
+    check_endpoint_url,
+    gzip_deterministic,
+    name_component,
+    native_fragment_names,
+    random_token,
+    sha256_hex,
+    split,
+)
+
+log = logging.getLogger(__name__)
+
+CLUSTER_TAG = "sigs.k8s.io/cluster-api-provider-aws/cluster/{cluster}"
+ROLE_TAG = "sigs.k8s.io/cluster-api-provider-aws/role"
+EXPIRY_TAG = "sealboot.io/expires-at"
+NAMESPACE_TAG = "sealboot.io/namespace"
+FORMAT_TAG = "sealboot.io/format"
+DEFAULT_TTL = 24 * 3600
+MAX_USERDATA = 64 * 1024 * 1024
+_TAG_KEY_MAX = 128
+_RESERVED_TAG_PREFIXES = ("aws:", "sealboot.io/", "sigs.k8s.io/cluster-api-provider-aws/")
+
+
+@dataclass(frozen=True)
+class SealConfig:
+    """How and where to seal; build once at the edge.
+
+    Example::
+
+        >>> SealConfig(region="eu-west-1", kms_key_id="alias/sealboot", ttl_seconds=3600)
+    """
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    kms_key_id: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    format: str = FORMAT_NATIVE
+    root: str = DEFAULT_ROOT
+    ttl_seconds: int = DEFAULT_TTL
+    deadline: float = 120.0
+
+
+def _tags(
+    cluster: str, machine: str, namespace: str, role: str, cfg: SealConfig, now: float
+) -> list[dict[str, str]]:
+    expires = datetime.datetime.fromtimestamp(now + cfg.ttl_seconds, tz=datetime.timezone.utc)
+    tags = {
+        CLUSTER_TAG.format(cluster=cluster): "owned",
+        ROLE_TAG: role,
+        "Name": machine,
+        NAMESPACE_TAG: namespace,
+        FORMAT_TAG: cfg.format,
+        EXPIRY_TAG: expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    for key, value in cfg.tags:
+        if key.startswith(_RESERVED_TAG_PREFIXES) or key == "Name":
+            raise InputError(f"tag {key!r} is set by sealboot itself and cannot be overridden")
+        tags[key] = value
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _names(cfg: SealConfig, namespace: str, cluster: str, machine: str, count: int) -> list[str]:
+    try:
+        if cfg.format == FORMAT_CAPA:
+            # Exactly what a stock CAPA controller writes, so either side can read the other.
+            prefix = f"{DEFAULT_ROOT}/{uuid.uuid4()}"
+            return [f"{prefix}-{i}" for i in range(count)]
+        return native_fragment_names(cfg.root, namespace, cluster, machine, count, random_token())
+    except WireError as exc:
+        raise InputError(str(exc)) from exc
+
+
+class _Creator:
+    """Creates fragments one by one and remembers them, so a failure can undo its own work."""
+
+    def __init__(
+        self,
+        client: Client,
+        cfg: SealConfig,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ):
+        self.client = client
+        self.cfg = cfg
+        self.clock = clock
+        self.sleep = sleep
+        self.created: list[str] = []
+        self.end = clock() + cfg.deadline
+
+    def create(
+        self, name: str, data: bytes, tags: list[dict[str, str]], index: int, total: int
+    ) -> None:
+        kwargs = {
+            "Name": name,
+            "SecretBinary": data,
+            "Tags": tags,
+            "Description": f"sealboot fragment {index + 1}/{total}; deleted at first boot",
+        }
+        if self.cfg.kms_key_id:
+            kwargs["KmsKeyId"] = self.cfg.kms_key_id
+        attempt = 0
+        while True:
+            try:
+                self.client.create_secret(**kwargs)
+                self.created.append(name)
+                return
+            except ClientError as exc:
+                if error_code(exc) != "ResourceExistsException":
+                    raise
+                # A timed-out create that did succeed, or a name being recreated: as CAPA does,
+                # force-delete and retry; the delete is asynchronous, so back off.
+                log.info("fragment %s already exists; force-deleting and retrying", name)
+                self._force_delete(name)
+            delay = random.uniform(0, min(5.0, 0.25 * 2**attempt))  # noqa: S311 - jitter
+            if self.clock() + delay > self.end:
+                raise SealbootError(
+                    f"could not create {name} before the deadline: it keeps "
+                    "existing after force-delete"
+                )
+            self.sleep(delay)
+            attempt += 1
+
+    def _force_delete(self, name: str) -> None:
+        try:
+            self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        except ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+
+    def undo(self) -> list[str]:
+        """Delete what this run created; return the names that could not be deleted."""
+        left = []
+        for name in self.created:
+            try:
+                self._force_delete(name)
+            except (ClientError, BotoCoreError) as exc:
+                log.error("could not remove fragment %s after a failed seal: %s", name, exc)
+                left.append(name)
+        return left
+
+
+def seal(
+    userdata: bytes,
+    *,
+    namespace: str,
+    cluster: str,
+    machine: str,
+    role: str = "node",
+    config: SealConfig = SealConfig(),
+    client: Client | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Manifest:
+    """Gzip, digest, split and store *userdata*; return the manifest (all or nothing)."""
+    if config.format not in (FORMAT_NATIVE, FORMAT_CAPA):
+        raise InputError(f"unknown format {config.format!r}; use native or capa")
+    if len(userdata) > MAX_USERDATA:
+        raise InputError(
+            f"user data is {len(userdata)} bytes; sealboot seals at most {MAX_USERDATA}"
+        )
+    if config.endpoint_url is not None:
+        try:
+            check_endpoint_url(config.endpoint_url)
+        except WireError as exc:
+            raise InputError(str(exc)) from exc
+    if not 60 <= config.ttl_seconds <= 30 * 86400:
+        raise InputError("the expiry must be between 1 minute and 30 days")
+    try:
+        namespace, cluster, machine = (
+            name_component("namespace", namespace),
+            name_component("cluster", cluster),
+            name_component("machine", machine),
+        )
+        role = name_component("role", role)
+    except WireError as exc:
+        raise InputError(str(exc)) from exc
+    if len(CLUSTER_TAG.format(cluster=cluster)) > _TAG_KEY_MAX:
+        raise InputError(
+            f"cluster name {cluster!r} is too long for the CAPA cluster tag "
+            f"(at most {_TAG_KEY_MAX - len(CLUSTER_TAG.format(cluster=''))} chars)"
+        )
+    stream = gzip_deterministic(userdata)
+    size = CAPA_FRAGMENT_SIZE if config.format == FORMAT_CAPA else SECRETS_MANAGER_MAX_VALUE
+    chunks = split(stream, size)
+    names = _names(config, namespace, cluster, machine, len(chunks))
+    tags = _tags(cluster, machine, namespace, role, config, wall())
+    if client is None:
+        client = secrets_client(region=config.region, endpoint_url=config.endpoint_url)
+    region = config.region or client.meta.region_name
+    creator = _Creator(client, config, clock, sleep)
+    try:
+        for i, (name, chunk) in enumerate(zip(names, chunks)):
+            creator.create(name, chunk, tags, i, len(chunks))
+    except (ClientError, BotoCoreError, SealbootError) as exc:
+        left = creator.undo()
+        err = exc if isinstance(exc, SealbootError) else wrap(exc, f"creating {name}")
+        if left:
+            err.message += (
+                f"; {len(left)} fragment(s) could not be removed and need "
+                f"'sealboot delete' or 'sweep': {', '.join(left)}"
+            )
+        else:
+            err.message += f"; removed the {len(creator.created)} fragment(s) this run created"
+        raise err from exc
+    log.info(
+        "sealed %d bytes (%d gzipped) into %d fragment(s)", len(userdata), len(stream), len(chunks)
+    )
+    return Manifest(
+        backend=BACKEND_SECRETS_MANAGER,
+        format=config.format,
+        fragments=tuple(names),
+        region=region,
+        endpoint_url=config.endpoint_url,
+        sha256=sha256_hex(stream),
+        size=len(stream),
+        raw_size=len(userdata),
+        labels={
+            "namespace": namespace,
+            "cluster": cluster,
+            "machine": machine,
+            "role": role,
+            "sealed_by": f"sealboot/{__version__}",
+        },
+    )

@@ -1,0 +1,42 @@
+#cloud-boothook
+#!/bin/bash
+# sealboot boothook @@VERSION@@: names sealed fragments; holds no secret.
+# cloud-init runs boothooks on every boot; the agent's state makes later runs a no-op.
+set -u
+umask 077
+
+@@ASSIGNMENTS@@
+
+# SEALBOOT_ROOT (empty on a real instance) lets tests run this script against a scratch root.
+sb_root="${SEALBOOT_ROOT:-}"
+sb_log="${sb_root}/var/log/cloud-init-output.log"
+mkdir -p "${sb_root}/var/log"
+# cloud-init 22.4 throws boothook output away and 23.4+ tees it; appending here ourselves
+# puts every line in cloud-init-output.log exactly once on both.
+exec >>"$sb_log" 2>&1
+
+sb_say() {
+    printf '%s sealboot-boothook[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*"
+}
+
+if [ -e "${sb_root}/var/lib/sealboot/done/${SEALBOOT_ID}" ]; then
+    sb_say "INFO: sealed user data already handed over on this instance; nothing to do"
+    exit 0
+fi
+
+PATH="${PATH:-/usr/bin:/bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
+sb_agent="$(command -v sealboot-agent || true)"
+if [ -z "$sb_agent" ]; then
+    sb_say "ERROR: sealboot-agent is not installed on this image, so the user data sealed by" \
+        "sealboot ${SEALBOOT_VERSION}" \
+        "(${#SEALBOOT_FRAGMENTS[@]} fragment(s)) was not fetched; the fragments were left in place."
+    sb_say "ERROR: what to do: bake the agent into the AMI (packaging/install.sh) and replace" \
+        "this instance. exit 69"
+    exit 69
+fi
+
+sb_args=(fetch --manifest "$SEALBOOT_MANIFEST")
+if [ -n "$sb_root" ]; then
+    sb_args+=(--root "$sb_root")
+fi
+exec "$sb_agent" "${sb_args[@]}"
