@@ -227,7 +227,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
 
 
 def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from sealboot_agent.state import StateStore
+    from sealboot_agent.state import PHASES, StateStore
 
     root = Path(pick(args.root, env, "root") or "/")
     store = StateStore(root / DEFAULT_STATE_DIR.lstrip("/"))
@@ -249,7 +249,10 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     out.write(f"fragments: {len(state.fragments)}\n")
     for name in state.fragments:
         out.write(f"  {name}{'  (left behind)' if name in state.left_behind else ''}\n")
-    for phase, at in state.times.items():
+    for phase in PHASES:
+        if phase not in state.times:
+            continue
+        at = state.times[phase]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
         out.write(f"  {phase:<11} {stamp}\n")
     if state.error:
