@@ -235,7 +235,7 @@ class ImdsEmulator:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def faults(self) -> Faults:

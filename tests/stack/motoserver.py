@@ -77,7 +77,7 @@ class MotoServer:
 
     def _post(self, path: str, body: bytes = b"") -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=10) as resp:
             text = resp.read()
         return json.loads(text) if text.strip().startswith(b"{") else text
 
