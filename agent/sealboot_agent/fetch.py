@@ -54,6 +54,18 @@ def error_for(name: str, code: str, message: str, request_id: str = "") -> Agent
     return ServiceError(f"reading fragment {name} failed: {code}: {message}{rid}", fragment=name)
 
 
+def client_error(exc: ClientError) -> tuple[str, str, str]:
+    """(code, message, request id) of a botocore error; a bare 403 counts as access denied."""
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", "?"))
+    message = str(err.get("Message", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status == 403 and code not in _DENIED | _KMS:
+        # Some endpoints answer 403 in a body botocore cannot parse; it is still a denial.
+        code, message = "AccessDeniedException", f"HTTP 403 {message[:200]}"
+    return code, message, _request_id(exc.response)
+
+
 def _value(name: str, item: dict[str, Any]) -> bytes:
     if "SecretBinary" in item:
         data = item["SecretBinary"]
@@ -89,10 +101,7 @@ def _single(client: Client, name: str) -> bytes:
     try:
         resp = client.get_secret_value(SecretId=name)
     except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise error_for(
-            name, err.get("Code", "?"), err.get("Message", ""), _request_id(exc.response)
-        ) from exc
+        raise error_for(name, *client_error(exc)) from exc
     except BotoCoreError as exc:
         raise ServiceError(f"reading fragment {name} failed: {exc}", fragment=name) from exc
     log.debug("GetSecretValue %s: request id %s", name, _request_id(resp))
@@ -107,12 +116,9 @@ def fetch_fragments(client: Client, names: Sequence[str], *, use_batch: bool = T
             for start in range(0, len(names), BATCH_GET_MAX_IDS):
                 got.update(_batch(client, names[start : start + BATCH_GET_MAX_IDS]))
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code, message, rid = client_error(exc)
             if code not in _DENIED | _UNSUPPORTED:
-                err = exc.response.get("Error", {})
-                raise error_for(
-                    names[0], code, err.get("Message", ""), _request_id(exc.response)
-                ) from exc
+                raise error_for(names[0], code, message, rid) from exc
             # CAPA's stock node policy grants GetSecretValue but not BatchGetSecretValue.
             log.info("BatchGetSecretValue not available (%s); using GetSecretValue", code)
             got = {}

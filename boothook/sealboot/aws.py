@@ -55,7 +55,9 @@ def wrap(exc: Exception, doing: str) -> SealbootError:
         text = f"{doing}: {err.get('Code')}: {err.get('Message')}"
         if rid:
             text += f" (request id {rid})"
-        return AccessDenied(text) if err.get("Code") in _DENIED else AwsError(text)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        denied = err.get("Code") in _DENIED or status == 403
+        return AccessDenied(text) if denied else AwsError(text)
     if isinstance(exc, BotoCoreError):
         return AwsError(f"{doing}: {exc}")
     return AwsError(f"{doing}: {type(exc).__name__}: {exc}")

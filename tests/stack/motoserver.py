@@ -76,7 +76,9 @@ class MotoServer:
         self.proc = None
 
     def _post(self, path: str, body: bytes = b"") -> Any:
-        req = urllib.request.Request(self.url + path, data=body, method="POST")
+        req = urllib.request.Request(
+            self.url + path, data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             text = resp.read()
         return json.loads(text) if text.strip().startswith(b"{") else text
