@@ -64,7 +64,8 @@ def test_corrupt_fragment_fails_the_digest(instance: Instance, tmp_path: Path) -
 
     assert code == 6
     assert "sha256" in err
-    assert sealed.manifest.sha256 is not None and sealed.manifest.sha256 in err
+    assert sealed.manifest.sha256 is not None
+    assert sealed.manifest.sha256 in err
     _assert_nothing_written(instance, sealed)
 
 
