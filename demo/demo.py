@@ -59,6 +59,7 @@ def kubeadm_cloud_config(token: str) -> bytes:
         ("/etc/kubernetes/pki/front-proxy-ca.key", "RSA PRIVATE KEY", 1700),
         ("/etc/kubernetes/pki/sa.key", "RSA PRIVATE KEY", 1700),
         ("/etc/kubernetes/pki/sa.pub", "PUBLIC KEY", 400),
+        ("/etc/kubernetes/pki/apiserver-etcd-client.crt", "CERTIFICATE", 1300),
     ]:
         content = textwrap.indent(pem(kind, size), "      ")
         files.append(
