@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit functional clean help
+.PHONY: setup demo test lint fmt unit functional clean help
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
@@ -27,6 +27,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python scripts/render_sample.py | $(BIN)/shellcheck --shell=bash --severity=style -
 	$(BIN)/shellcheck --severity=style scripts/*.sh .ci/run
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts || true
+	$(BIN)/ruff format -q agent boothook tests demo scripts
 
 # pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
 test: lint

@@ -106,7 +106,7 @@ def main() -> int:
         )
         env = dict(os.environ, **stack.admin_keys)
 
-        step(2, f"seal {len(userdata)} bytes of kubeadm user data (join token {token[:6]}...)")
+        step(2, f"seal {len(userdata)} bytes of kubeadm user data (PEM keys, a join token)")
         cmd = [
             str(BIN / "sealboot"),
             "seal",

@@ -39,9 +39,10 @@ class _ImdsV2Provider(CredentialProvider):  # type: ignore[misc]
         )
 
 
-def client_config(deadline: Deadline, max_attempts: int = 6) -> Config:
-    """botocore's standard retry mode (throttling, 5xx, timeouts), with short socket timeouts."""
-    timeout = max(1.0, min(10.0, deadline.remaining()))
+def client_config(deadline: Deadline, max_attempts: int = 2) -> Config:
+    """botocore's standard retry mode for a quick retry; the deadline loop in retry.py does
+    the rest, so timeouts stay short enough that no call outlives the deadline by much."""
+    timeout = max(1.0, min(10.0, deadline.remaining() / 3))
     return Config(
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=min(3.0, timeout),

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from typing import TextIO
 
 from sealboot_agent import __version__
 from sealboot_agent.config import (
+    DEFAULT_DENIED_GRACE,
+    DEFAULT_IMDS_ENDPOINT,
     DEFAULT_LOG_FILE,
     DEFAULT_MAX_SIZE,
     DEFAULT_STATE_DIR,
@@ -29,7 +32,7 @@ from sealboot_agent.config import (
 )
 from sealboot_agent.errors import EXIT_CODES, AgentError, ManifestError, UsageError
 from sealboot_agent.handoff import HANDOFFS
-from sealboot_agent.wire import Manifest, WireError, check_endpoint_url
+from sealboot_agent.wire import REGION_RE, Manifest, WireError, check_endpoint_url
 
 log = logging.getLogger("sealboot_agent")
 
@@ -86,6 +89,28 @@ def _exit_code_table() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
 
 
+def _add_source_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """Where the fragments are: a manifest or a CAPA prefix, plus region and endpoints."""
+    src = parser.add_mutually_exclusive_group(required=required)
+    src.add_argument(
+        "--manifest", metavar="JSON|FILE", help="the manifest, inline JSON or a file holding it"
+    )
+    src.add_argument("--prefix", help="CAPA-format secrets: the name prefix (with --count)")
+    parser.add_argument("--count", type=int, help="CAPA-format secrets: how many fragments")
+    parser.add_argument(
+        "--region", help="AWS region (default: manifest, then IMDS) [env SEALBOOT_REGION]"
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
+    )
+    parser.add_argument(
+        "--imds-endpoint",
+        help="instance metadata base URL (default "
+        "http://169.254.169.254) [env SEALBOOT_IMDS_ENDPOINT]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sealboot-agent",
@@ -103,24 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = fetch.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--manifest", metavar="JSON|FILE", help="the manifest, inline JSON or a file holding it"
-    )
-    src.add_argument("--prefix", help="CAPA-format secrets: the name prefix (with --count)")
-    fetch.add_argument("--count", type=int, help="CAPA-format secrets: how many fragments")
-    fetch.add_argument(
-        "--region", help="AWS region (default: manifest, then IMDS) [env SEALBOOT_REGION]"
-    )
-    fetch.add_argument(
-        "--endpoint-url",
-        help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
-    )
-    fetch.add_argument(
-        "--imds-endpoint",
-        help="instance metadata base URL (default "
-        "http://169.254.169.254) [env SEALBOOT_IMDS_ENDPOINT]",
-    )
+    _add_source_args(fetch, required=True)
     fetch.add_argument(
         "--root", help="filesystem root all paths are under (default /) [env SEALBOOT_ROOT]"
     )
@@ -147,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this many seconds in all (default 300) [env SEALBOOT_DEADLINE]",
     )
     fetch.add_argument(
+        "--denied-grace",
+        type=float,
+        default=DEFAULT_DENIED_GRACE,
+        metavar="SECONDS",
+        help="retry AccessDenied until this long after boot, while IAM propagates a new "
+        "instance profile (default: %(default)s)",
+    )
+    fetch.add_argument(
         "--require-delete",
         action="store_true",
         help="fail (exit 9) when the fragments cannot be deleted",
@@ -164,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="add timings and AWS request ids (never secret bytes)",
     )
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check IMDSv2, credentials, region, endpoint, fragments and cloud-init "
+        "without reading any secret value; exit 1 if a check fails",
+    )
+    _add_source_args(doctor, required=False)
+    doctor.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+
     status = sub.add_parser("status", help="show what happened on this instance")
     status.add_argument("--root", help="filesystem root (default /) [env SEALBOOT_ROOT]")
     status.add_argument("--json", action="store_true", help="print the state as JSON")
@@ -178,6 +202,8 @@ def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str |
             return Manifest.capa(args.prefix, args.count, region=region, endpoint_url=endpoint)
         if args.count is not None:
             raise UsageError("--count goes with --prefix")
+        if args.manifest is None:
+            raise UsageError("give --manifest JSON|FILE or --prefix P --count N")
         text: str = args.manifest
         if not text.lstrip().startswith("{"):
             try:
@@ -194,6 +220,8 @@ def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str |
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
     """The frozen configuration from the command line, then the environment, then defaults."""
     region = pick(args.region, env, "region")
+    if region is not None and not REGION_RE.match(region):
+        raise UsageError(f"region {region!r} is not an AWS region name (like eu-west-1)")
     endpoint = pick(args.endpoint_url, env, "endpoint_url")
     if endpoint is not None:
         try:
@@ -222,7 +250,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
         max_size=args.max_size,
         deadline=parse_deadline(pick(args.deadline, env, "deadline")),
         require_delete=args.require_delete,
+        denied_grace=max(0.0, args.denied_grace),
         verbose=args.verbose,
+        pause_at=pick(None, env, "pause_at"),
     )
 
 
@@ -262,6 +292,34 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     return 0 if state.outcome == "ok" else 1
 
 
+def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from sealboot_agent.doctor import DoctorConfig, run_doctor
+    from sealboot_agent.run import Deps
+
+    region = pick(args.region, env, "region")
+    endpoint = pick(args.endpoint_url, env, "endpoint_url")
+    try:
+        manifest = None
+        if args.manifest is not None or args.prefix is not None:
+            manifest = _load_manifest(args, region, endpoint)
+    except AgentError as exc:
+        err.write(f"sealboot-agent: error: {exc.message}\n")
+        return exc.exit_code
+    configure_logging(args.verbose, None, err)
+    cfg = DoctorConfig(
+        manifest=manifest,
+        region=region,
+        endpoint_url=endpoint,
+        imds_endpoint=pick(args.imds_endpoint, env, "imds_endpoint") or DEFAULT_IMDS_ENDPOINT,
+    )
+    checks = run_doctor(cfg, Deps())
+    for check in checks:
+        out.write(f"[{check.verdict:^4}] {check.name}: {check.detail}\n")
+    failed = [c for c in checks if not c.ok]
+    out.write(f"{len(checks) - len(failed)} of {len(checks)} checks passed\n")
+    return 1 if failed else 0
+
+
 def main(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -272,11 +330,19 @@ def main(
     env = os.environ if env is None else env
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # argparse prints usage, --help and --version itself; send them to our streams.
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if args.command == "status":
-        return _status(args, env, stdout)
+    try:
+        if args.command == "status":
+            return _status(args, env, stdout)
+        if args.command == "doctor":
+            return _doctor(args, env, stdout, stderr)
+    except AgentError as exc:
+        stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
+        return exc.exit_code
     os.umask(0o077)
     try:
         cfg = build_config(args, env)

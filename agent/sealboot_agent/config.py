@@ -16,6 +16,7 @@ DEFAULT_STATE_DIR = "/var/lib/sealboot"
 DEFAULT_LOG_FILE = "/var/log/cloud-init-output.log"
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 DEFAULT_DEADLINE = 300.0
+DEFAULT_DENIED_GRACE = 60.0
 
 # Environment variables the CLI reads (and nothing else does).
 ENV = {
@@ -24,6 +25,7 @@ ENV = {
     "imds_endpoint": "SEALBOOT_IMDS_ENDPOINT",
     "root": "SEALBOOT_ROOT",
     "deadline": "SEALBOOT_DEADLINE",
+    "pause_at": "SEALBOOT_TEST_PAUSE_AT",
 }
 
 
@@ -49,7 +51,10 @@ class AgentConfig:
     max_size: int = DEFAULT_MAX_SIZE
     deadline: float = DEFAULT_DEADLINE
     require_delete: bool = False
+    denied_grace: float = DEFAULT_DENIED_GRACE
     verbose: int = 0
+    # Test hook: stop after saving this phase until killed (crash-safety tests).
+    pause_at: str | None = None
 
     def path(self, inside: str) -> Path:
         """Map an absolute path on the instance to the configured filesystem root."""

@@ -2,8 +2,8 @@
 
 Example::
 
-    >>> delete_fragments(client, manifest.fragments)
-    []
+    >>> delete_fragments(client, manifest.fragments, RetryPolicy(Deadline(60)))
+    {}
 """
 
 from __future__ import annotations
@@ -15,33 +15,37 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sealboot_agent.aws import Client
+from sealboot_agent.retry import Exhausted, RetryPolicy, client_error, request_id, with_retries
 
 log = logging.getLogger(__name__)
 
 
-def _delete_one(client: Client, name: str) -> str | None:
+def _delete_one(client: Client, name: str, policy: RetryPolicy) -> str | None:
     """Return None when *name* is gone, else the reason it is still there."""
     try:
-        resp = client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        resp = with_retries(
+            lambda: client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True),
+            policy,
+            f"DeleteSecret {name}",
+        )
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
+        code, _, rid = client_error(exc)
         if code == "ResourceNotFoundException":
             log.debug("fragment %s was already gone", name)
             return None
-        rid = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         return f"{code} (request id {rid})" if rid else code
+    except Exhausted as exc:
+        return exc.describe()
     except BotoCoreError as exc:
         return type(exc).__name__
-    log.debug(
-        "deleted %s, request id %s", name, resp.get("ResponseMetadata", {}).get("RequestId", "")
-    )
+    log.debug("deleted %s, request id %s", name, request_id(resp))
     return None
 
 
-def delete_fragments(client: Client, names: Sequence[str]) -> dict[str, str]:
+def delete_fragments(client: Client, names: Sequence[str], policy: RetryPolicy) -> dict[str, str]:
     """Delete every fragment (idempotent); return ``{name: reason}`` for those left behind."""
     if not names:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-        results = list(pool.map(lambda n: _delete_one(client, n), names))
+        results = list(pool.map(lambda n: _delete_one(client, n, policy), names))
     return {name: why for name, why in zip(names, results) if why is not None}

@@ -88,7 +88,8 @@ class Imds:
     def _timeout(self) -> float:
         return max(0.05, min(_REQUEST_TIMEOUT, self.deadline.remaining()))
 
-    def _token_value(self) -> str:
+    def token(self) -> str:
+        """A valid IMDSv2 token, fetched again shortly before the old one expires."""
         if self._token and self.deadline.clock() < self._token_expires - _TOKEN_SLACK:
             return self._token
         attempt = 0
@@ -124,7 +125,7 @@ class Imds:
         """GET ``/latest/<path>`` with the token; 404 is final unless *retry_404*."""
         attempt = 0
         while True:
-            token = self._token_value()
+            token = self.token()
             self.requests += 1
             try:
                 resp = self.http.get(

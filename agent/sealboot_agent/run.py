@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _uptime() -> float:
+    """Seconds since boot (CLOCK_BOOTTIME counts suspend too, like /proc/uptime)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _new_http() -> requests.Session:
     import requests
 
@@ -42,6 +47,7 @@ class Deps:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    uptime: Callable[[], float] = _uptime
     client_factory: Callable[..., Any] | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -114,6 +120,22 @@ def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
         return state
 
 
+def _pause(cfg: AgentConfig, store: StateStore, point: str, deps: Deps) -> None:
+    if cfg.pause_at != point:
+        return
+    # Crash-safety tests kill the agent here; say so where the test can see it.
+    write_durable(store.directory / "paused", point.encode())
+    log.warning("test hook: paused at %s", point)
+    end = deps.clock() + 120
+    while deps.clock() < end:
+        deps.sleep(0.05)
+
+
+def _save(cfg: AgentConfig, store: StateStore, state: State, phase: str, deps: Deps) -> None:
+    store.save(state, phase)
+    _pause(cfg, store, phase, deps)
+
+
 def _steps(
     cfg: AgentConfig, deps: Deps, store: StateStore, state: State, deadline: Deadline, resumed: bool
 ) -> None:
@@ -122,10 +144,17 @@ def _steps(
     from sealboot_agent.aws import make_client, session_from_imds
     from sealboot_agent.delete import delete_fragments
     from sealboot_agent.fetch import fetch_fragments
+    from sealboot_agent.retry import RetryPolicy
 
     manifest = cfg.manifest
+    # IAM needs a little while to honour a freshly attached instance profile; only then is
+    # AccessDenied worth retrying.
+    grace = max(0.0, cfg.denied_grace - deps.uptime())
+    policy = RetryPolicy(deadline, denied_until=deadline.clock() + min(grace, deadline.remaining()))
+    if grace > 0:
+        log.debug("AccessDenied is retried for %.0fs more (IAM propagation after boot)", grace)
     if not resumed:
-        store.save(state, "started")
+        _save(cfg, store, state, "started", deps)
     imds = Imds(cfg.imds_endpoint, deps.http_factory(), deadline)
     t0 = deps.clock()
     state.instance_id = imds.instance_id()
@@ -139,7 +168,7 @@ def _steps(
         creds.role,
     )
     log.debug("IMDS took %.3fs over %d request(s)", deps.clock() - t0, imds.requests)
-    store.save(state, "credentials")
+    _save(cfg, store, state, "credentials", deps)
 
     if deps.client_factory is not None:
         client = deps.client_factory(region=region, endpoint_url=cfg.effective_endpoint)
@@ -157,14 +186,14 @@ def _steps(
 
     if not resumed:
         t0 = deps.clock()
-        chunks = fetch_fragments(client, manifest.fragments)
+        chunks = fetch_fragments(client, manifest.fragments, policy)
         log.info(
             "fetched %d fragment(s), %d bytes, in %.2fs",
             len(chunks),
             sum(len(c) for c in chunks),
             deps.clock() - t0,
         )
-        store.save(state, "fetched")
+        _save(cfg, store, state, "fetched", deps)
         payload = assemble(manifest, chunks, max_size=cfg.max_size)
         if manifest.sha256:
             log.info("verified sha256 %s; user data is %d bytes", manifest.sha256, len(payload))
@@ -173,13 +202,14 @@ def _steps(
                 "gzip stream intact (CAPA format carries no digest); user data is %d bytes",
                 len(payload),
             )
-        store.save(state, "verified")
+        _save(cfg, store, state, "verified", deps)
         write_durable(cfg.path(cfg.output), payload)
+        _pause(cfg, store, "output-on-disk", deps)
         state.output_sha256 = sha256_hex(payload)
         log.info("wrote %s (%d bytes, mode 0600, fsynced)", cfg.output, len(payload))
-        store.save(state, "written")
+        _save(cfg, store, state, "written", deps)
 
-    left = delete_fragments(client, manifest.fragments)
+    left = delete_fragments(client, manifest.fragments, policy)
     state.left_behind = sorted(left)
     if left:
         detail = "; ".join(f"{n}: {why}" for n, why in sorted(left.items()))
@@ -193,11 +223,11 @@ def _steps(
         )
     else:
         log.info("deleted %d fragment(s)", len(manifest.fragments))
-    store.save(state, "deleted")
+    _save(cfg, store, state, "deleted", deps)
 
     handoff = HANDOFFS[cfg.handoff]
     log.info("hand-off %s: %s", handoff.name, handoff.description)
-    store.save(state, "handed_off")
+    _save(cfg, store, state, "handed_off", deps)
     write_durable(store.done_marker(state.manifest_id), b"")
     state.outcome = "ok"
-    store.save(state, "done")
+    _save(cfg, store, state, "done", deps)

@@ -110,6 +110,8 @@ class State:
     @classmethod
     def from_json(cls, text: str) -> State:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("state is not a JSON object")
         if data.get("v") != STATE_VERSION or data.get("phase") not in PHASES:
             raise ValueError("unknown state version or phase")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

@@ -42,15 +42,15 @@ SECRET_NAME_MAX = 512
 COMPONENT_MAX = 96
 _COMPONENT_HASH_LEN = 10
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]+$")
-_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_+=.@-]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]+\Z")
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_+=.@-]+\Z")
 # ARNs append "-XXXXXX"; a name ending like that makes partial-ARN lookups ambiguous.
-_ARN_SUFFIX_LIKE = re.compile(r"-[A-Za-z0-9]{6}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-_MAX_FRAGMENTS = 1024
+_ARN_SUFFIX_LIKE = re.compile(r"-[A-Za-z0-9]{6}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
+MAX_FRAGMENTS = 1024
 # Labels are only shown in logs and status; keep them to characters that cannot forge a log line.
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_+=.@/:-]{1,256}$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_+=.@/:-]{1,256}\Z")
 
 
 class WireError(ValueError):
@@ -91,7 +91,7 @@ class Manifest:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:32]
 
     def validate(self) -> None:
-        if self.v != MANIFEST_VERSION:
+        if isinstance(self.v, bool) or self.v != MANIFEST_VERSION:
             raise WireError(
                 f"manifest version {self.v!r} is not supported (this build reads "
                 f"v{MANIFEST_VERSION}); upgrade sealboot-agent on the image"
@@ -104,9 +104,9 @@ class Manifest:
             raise WireError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
         if not self.fragments:
             raise WireError("manifest names no fragments")
-        if len(self.fragments) > _MAX_FRAGMENTS:
+        if len(self.fragments) > MAX_FRAGMENTS:
             raise WireError(
-                f"manifest names {len(self.fragments)} fragments (limit {_MAX_FRAGMENTS})"
+                f"manifest names {len(self.fragments)} fragments (limit {MAX_FRAGMENTS})"
             )
         for name in self.fragments:
             check_secret_name(name)
@@ -116,12 +116,14 @@ class Manifest:
             raise WireError("manifest sha256 must be 64 lowercase hex characters")
         if self.format == FORMAT_NATIVE and self.sha256 is None:
             raise WireError("a native-format manifest must carry the sha256 of the payload")
-        if self.region is not None and not _REGION_RE.match(self.region):
+        if self.region is not None and not REGION_RE.match(self.region):
             raise WireError(f"region {self.region!r} is not an AWS region name")
         if self.endpoint_url is not None:
             check_endpoint_url(self.endpoint_url)
         for number in (self.size, self.raw_size):
-            if number is not None and (not isinstance(number, int) or number < 0):
+            if number is not None and (
+                not isinstance(number, int) or isinstance(number, bool) or number < 0
+            ):
                 raise WireError("manifest sizes must be non-negative integers")
         for key, value in self.labels.items():
             if not (isinstance(key, str) and _LABEL_RE.match(key)):
@@ -230,7 +232,7 @@ def check_secret_name(name: str) -> None:
 
 def check_endpoint_url(url: str) -> None:
     """Raise WireError unless *url* looks like an http(s) endpoint."""
-    if not re.match(r"^https?://[^\s]+$", url):
+    if not re.match(r"^https?://[^\s]+\Z", url):
         raise WireError(f"endpoint URL {url!r} must be an http:// or https:// URL without spaces")
 
 

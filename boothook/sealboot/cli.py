@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -185,7 +186,9 @@ def main(
     env = os.environ if env is None else env
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # argparse prints usage, --help and --version itself; send them to our streams.
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     handler = logging.StreamHandler(stderr)

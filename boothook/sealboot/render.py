@@ -41,9 +41,15 @@ def q(value: str) -> str:
 def _assignments(manifest: Manifest) -> str:
     text = manifest.to_json()
     lines = [f"SEALBOOT_VERSION={q(__version__)}", f"SEALBOOT_ID={q(manifest.manifest_id)}"]
+    # Single quotes keep '$' and backticks in an endpoint URL as data; shellcheck's SC2016
+    # ("expressions don't expand in single quotes") is exactly the point here.
+    lines.append("# Every value below is single-quoted: data, never code.")
+    lines.append("# shellcheck disable=SC2016")
+    lines.append("{")
     lines.append(f"{_MANIFEST_VAR}=''")
     for start in range(0, len(text), _CHUNK):
         lines.append(f"{_MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
+    lines.append("}")
     # Names one per line for the messages (and for code that cannot parse JSON).
     lines.append("SEALBOOT_FRAGMENTS=(")
     lines.extend(f"    {q(name)}" for name in manifest.fragments)

@@ -29,6 +29,7 @@ from sealboot_agent.wire import (
     DEFAULT_ROOT,
     FORMAT_CAPA,
     FORMAT_NATIVE,
+    MAX_FRAGMENTS,
     SECRETS_MANAGER_MAX_VALUE,
     Manifest,
     WireError,
@@ -216,6 +217,10 @@ def seal(
     stream = gzip_deterministic(userdata)
     size = CAPA_FRAGMENT_SIZE if config.format == FORMAT_CAPA else SECRETS_MANAGER_MAX_VALUE
     chunks = split(stream, size)
+    if len(chunks) > MAX_FRAGMENTS:
+        raise InputError(
+            f"user data needs {len(chunks)} fragments; a manifest names at most {MAX_FRAGMENTS}"
+        )
     names = _names(config, namespace, cluster, machine, len(chunks))
     tags = _tags(cluster, machine, namespace, role, config, wall())
     if client is None:
@@ -226,6 +231,9 @@ def seal(
         for i, (name, chunk) in enumerate(zip(names, chunks)):
             creator.create(name, chunk, tags, i, len(chunks))
     except (ClientError, BotoCoreError, SealbootError) as exc:
+        if isinstance(exc, BotoCoreError) and name not in creator.created:
+            # A create that timed out may still have happened server-side; delete is idempotent.
+            creator.created.append(name)
         left = creator.undo()
         err = exc if isinstance(exc, SealbootError) else wrap(exc, f"creating {name}")
         if left:

@@ -16,6 +16,7 @@ import boto3
 
 from tests.stack.imds import Identity, ImdsEmulator
 from tests.stack.motoserver import ADMIN_ENV, MotoServer
+from tests.stack.proxy import FaultProxy
 
 NODE_ACTIONS = [
     "secretsmanager:GetSecretValue",
@@ -36,13 +37,15 @@ EC2_TRUST = {
 
 
 class LocalStack:
-    """moto server plus a strict IMDS emulator serving an assumed instance role's credentials."""
+    """moto server, a fault proxy in front of it, and a strict IMDS emulator serving an
+    assumed instance role's credentials."""
 
     def __init__(self, region: str = "us-east-1", log_dir: Path | None = None):
         self.region = region
         self.moto = MotoServer(log=log_dir / "moto.log" if log_dir else None)
         self.identity = Identity(region=region, availability_zone=f"{region}a")
         self.imds = ImdsEmulator(self.identity, self._credentials)
+        self.proxy = FaultProxy(self.moto.url)
         self.admin_keys = dict(ADMIN_ENV)
         self.node_credentials: dict[str, str] = {}
 
@@ -120,16 +123,19 @@ class LocalStack:
         self.moto.enforce_iam(float("inf"))
         self.moto.reset()
         self.imds.clear()
+        self.proxy.clear()
         self.admin_keys = dict(ADMIN_ENV)
         self.provision(node_actions)
 
     def start(self) -> LocalStack:
         self.moto.start()
         self.imds.start()
+        self.proxy.start()
         self.provision()
         return self
 
     def stop(self) -> None:
+        self.proxy.stop()
         self.imds.stop()
         self.moto.stop()
 

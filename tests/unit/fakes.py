@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +27,9 @@ class FakeSecrets:
 
     ``create_script`` is consumed one item per CreateSecret call: an exception is raised,
     ``None`` lets the call succeed. ``get_errors`` / ``delete_errors`` map a name to the
-    exception that call raises; ``batch_error`` is raised by every BatchGetSecretValue.
+    exception every such call raises; ``get_failures`` maps a name to exceptions raised by
+    its next GetSecretValue calls, one each; ``batch_error`` is raised by every
+    BatchGetSecretValue and ``batch_errors_entries`` are added to each batch answer.
     """
 
     def __init__(self, region: str = "eu-west-1") -> None:
@@ -35,6 +38,7 @@ class FakeSecrets:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.create_script: list[Exception | None] = []
         self.get_errors: dict[str, Exception] = {}
+        self.get_failures: dict[str, list[Exception]] = {}
         self.delete_errors: dict[str, Exception] = {}
         self.batch_error: Exception | None = None
         self.batch_errors_entries: list[dict[str, str]] = []
@@ -75,6 +79,8 @@ class FakeSecrets:
         name = kwargs["SecretId"]
         if name in self.get_errors:
             raise self.get_errors[name]
+        if self.get_failures.get(name):
+            raise self.get_failures[name].pop(0)
         if name not in self.store:
             raise client_error("ResourceNotFoundException", "not found", "GetSecretValue")
         item = self._item(name)
@@ -109,11 +115,13 @@ class FakeClock:
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
         self.sleeps: list[float] = []
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import email
-import importlib
 import email.message
 import email.policy
 import hashlib
+import importlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -172,8 +173,17 @@ def test_every_mime_line_is_under_998_characters() -> None:
         assert longest < 998
 
 
-def test_q_quotes_and_refuses_nul() -> None:
-    assert q("plain") in ("plain", "'plain'")
+@pytest.mark.parametrize(
+    "value", ["plain", "", "a'b", "$(touch CANARY)", "`touch CANARY`", '"', "\\", "a b\tc\nd", "'"]
+)
+def test_q_output_is_data_to_bash(value: str, tmp_path: Path) -> None:
+    result = bash(f"printf %s {q(value)}", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == value
+    assert os.listdir(tmp_path) == []
+
+
+def test_q_refuses_nul() -> None:
     with pytest.raises(InputError, match="NUL"):
         q("a\x00b")
 
@@ -230,11 +240,6 @@ def test_rendered_boothook_passes_shellcheck(m: Manifest) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: render.py quotes '$' and backticks correctly in single quotes, but shellcheck "
-    "flags every such line SC2016 (info), so the boothook fails the DESIGN.md shellcheck rule",
-)
 @pytest.mark.parametrize("endpoint", EXPANSION_ENDPOINTS)
 def test_rendered_boothook_with_dollar_or_backtick_passes_shellcheck(endpoint: str) -> None:
     result = shellcheck(boothook_of(render(manifest(1, endpoint=endpoint))))
@@ -291,7 +296,7 @@ def _run_boothook(tmp_path: Path, m: Manifest) -> tuple[subprocess.CompletedProc
     fakebin.mkdir()
     argv_file = tmp_path / "argv"
     agent = fakebin / "sealboot-agent"
-    agent.write_text(f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {q(str(argv_file))}\n")
+    agent.write_text(f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {shlex.quote(str(argv_file))}\n")
     agent.chmod(0o755)
     script = tmp_path / "boothook.sh"
     script.write_text(boothook_of(render(m)))
@@ -326,7 +331,7 @@ def test_boothook_does_nothing_once_the_done_marker_exists(tmp_path: Path) -> No
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     marker = tmp_path / "agent-ran"
-    (fakebin / "sealboot-agent").write_text(f"#!/bin/bash\ntouch {q(str(marker))}\n")
+    (fakebin / "sealboot-agent").write_text(f"#!/bin/bash\ntouch {shlex.quote(str(marker))}\n")
     (fakebin / "sealboot-agent").chmod(0o755)
     result = bash(
         boothook_of(render(m)),

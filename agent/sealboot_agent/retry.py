@@ -1,0 +1,157 @@
+"""The retry rule for AWS calls: full-jitter backoff inside one deadline.
+
+botocore's standard mode does a quick retry of its own; this loop adds what botocore cannot
+express: a total deadline shared by every call, and a short, bounded window after boot in which
+AccessDenied is retried because a freshly attached instance profile takes time to propagate.
+
+Example::
+
+    >>> policy = RetryPolicy(Deadline(300), denied_until=0.0)
+    >>> value = with_retries(lambda: client.get_secret_value(SecretId=n), policy, f"reading {n}")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from sealboot_agent.imds import Deadline
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+THROTTLING = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+    "ThrottledException",
+}
+TRANSIENT = {
+    "InternalServiceError",
+    "InternalServiceErrorException",
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+}
+DENIED = {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"}
+KMS = {"DecryptionFailure", "KMSAccessDeniedException", "KMSDisabledException"}
+_TRANSPORT = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+    NoCredentialsError,
+    CredentialRetrievalError,
+)
+
+
+class IncompleteResponse(BotoCoreError):  # type: ignore[misc]
+    """A 200 answer that lacks what every real answer has: a connection cut mid-body."""
+
+    fmt = "incomplete response to {operation}: {detail}"
+
+
+def client_error(exc: ClientError) -> tuple[str, str, str]:
+    """(code, message, request id) of a botocore error; a bare 403 counts as access denied."""
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", "?"))
+    message = str(err.get("Message", ""))
+    meta = exc.response.get("ResponseMetadata", {})
+    status = meta.get("HTTPStatusCode")
+    if status == 403 and code not in DENIED | KMS:
+        # Some endpoints answer 403 in a body botocore cannot parse; it is still a denial.
+        code, message = "AccessDeniedException", f"HTTP 403 {message[:200]}"
+    return code, message, str(meta.get("RequestId", ""))
+
+
+def classify(exc: BaseException) -> str:
+    """``retry`` (transient), ``denied`` (retry only in the boot window) or ``final``."""
+    if isinstance(exc, ClientError):
+        code, _, _ = client_error(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in THROTTLING or code in TRANSIENT or status >= 500:
+            return "retry"
+        if code in DENIED:
+            return "denied"
+        return "final"
+    if isinstance(exc, (IncompleteResponse, *_TRANSPORT)):
+        return "retry"
+    if isinstance(exc, BotoCoreError):
+        # urllib3 protocol errors (a connection cut mid-body) arrive as generic botocore errors.
+        name = type(exc).__name__
+        return "retry" if "Connection" in name or "Protocol" in name else "final"
+    return "final"
+
+
+class Exhausted(Exception):
+    """A retryable failure that outlived the deadline; ``cause`` is the last error."""
+
+    def __init__(self, cause: BaseException, attempts: int, seconds: float):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.attempts = attempts
+        self.seconds = seconds
+
+    def describe(self) -> str:
+        if isinstance(self.cause, ClientError):
+            code, message, rid = client_error(self.cause)
+            what = f"{code}: {message}" + (f" (request id {rid})" if rid else "")
+        else:
+            what = f"{type(self.cause).__name__}: {self.cause}"
+        return (
+            f"{what}; gave up after {self.attempts} attempt(s) when the "
+            f"{self.seconds:g}s deadline ran out"
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The shared deadline, and until when (on the deadline's clock) AccessDenied is retried."""
+
+    deadline: Deadline
+    denied_until: float = 0.0
+
+
+def with_retries(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
+    """Call *fn*; retry transient failures with full jitter until the deadline."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as exc:
+            kind = classify(exc)
+            if kind == "final":
+                raise
+            if kind == "denied" and policy.deadline.clock() >= policy.denied_until:
+                raise
+            label = client_error(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
+            if not policy.deadline.backoff(attempt, base=0.1, cap=4.0):
+                raise Exhausted(exc, attempt + 1, policy.deadline.seconds) from exc
+            attempt += 1
+            log.info("%s: %s, retry %d", what, label, attempt)
+
+
+def request_id(resp: Any) -> str:
+    return str(resp.get("ResponseMetadata", {}).get("RequestId", ""))

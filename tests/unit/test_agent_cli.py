@@ -1,0 +1,402 @@
+"""Unit tests of the sealboot-agent CLI: usage errors, config precedence, logging, status."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sealboot_agent.cli import build_config, build_parser, configure_logging, main
+from sealboot_agent.config import DEFAULT_DEADLINE, DEFAULT_IMDS_ENDPOINT, DEFAULT_OUTPUT
+from sealboot_agent.errors import UsageError
+from sealboot_agent.state import State, StateStore
+from sealboot_agent.wire import Manifest
+
+MANIFEST = Manifest(
+    backend="secrets-manager",
+    format="native",
+    fragments=("aws.cluster.x-k8s.io/ns/c1/m1/tok-0",),
+    region="eu-west-1",
+    sha256=hashlib.sha256(b"s").hexdigest(),
+)
+MJSON = MANIFEST.to_json()
+
+
+@pytest.fixture(autouse=True)
+def restore_process_state() -> Iterator[None]:
+    """main() sets the umask and configure_logging() installs handlers; undo both."""
+    old = os.umask(0o022)
+    os.umask(old)
+    logger = logging.getLogger("sealboot_agent")
+    try:
+        yield
+    finally:
+        os.umask(old)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, env or {}, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# --- usage errors --------------------------------------------------------------------------
+
+
+def test_fetch_without_manifest_or_prefix_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(["fetch"])
+    assert code == 2
+    # argparse reports on the process stderr.
+    captured = capsys.readouterr()
+    assert "--manifest" in captured.err + err
+    assert "--prefix" in captured.err + err
+
+
+def test_argparse_usage_errors_reach_the_given_stderr() -> None:
+    code, _, err = run(["fetch"])
+    assert code == 2
+    assert "--manifest" in err
+
+
+def test_no_command_is_a_usage_error() -> None:
+    code, _, _ = run([])
+    assert code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["fetch", "--prefix", "aws.cluster.x-k8s.io/u"], "--prefix needs --count"),
+        (["fetch", "--manifest", MJSON, "--count", "2"], "--count goes with --prefix"),
+        (["fetch", "--manifest", "{not json"], "not valid JSON"),
+        (["fetch", "--manifest", '{"v": 1}'], "bad manifest"),
+        (["fetch", "--manifest", MJSON, "--output", "etc/secret"], "absolute path"),
+        (["fetch", "--manifest", MJSON, "--max-size", "0"], "--max-size"),
+        (["fetch", "--manifest", MJSON, "--endpoint-url", "ftp://x"], "endpoint URL"),
+        (["fetch", "--manifest", MJSON, "--deadline", "soon"], "not a number"),
+        (["fetch", "--manifest", MJSON, "--deadline", "0"], "between"),
+        (["fetch", "--prefix", "bad name", "--count", "1"], "bad manifest"),
+        (["fetch", "--prefix", "aws.cluster.x-k8s.io/u", "--count", "0"], "count"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(argv: list[str], says: str) -> None:
+    code, out, err = run(argv)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("sealboot-agent: error: ")
+    assert says in err
+    assert "what to do:" in err
+
+
+def test_unreadable_manifest_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    code, _, err = run(["fetch", "--manifest", str(missing)])
+    assert code == 2
+    assert str(missing) in err
+
+
+def test_version_exits_0() -> None:
+    code, out, _ = run(["--version"])
+    assert code == 0
+    assert "sealboot-agent" in out
+
+
+# --- configuration precedence ---------------------------------------------------------------
+
+
+def test_defaults_when_neither_cli_nor_env() -> None:
+    cfg = build_config(build_parser().parse_args(["fetch", "--manifest", MJSON]), {})
+    assert cfg.manifest == MANIFEST
+    assert cfg.region is None
+    assert cfg.effective_region == "eu-west-1"  # from the manifest
+    assert cfg.endpoint_url is None
+    assert cfg.imds_endpoint == DEFAULT_IMDS_ENDPOINT
+    assert cfg.root == Path("/")
+    assert cfg.deadline == DEFAULT_DEADLINE
+    assert cfg.output == DEFAULT_OUTPUT
+    assert cfg.handoff == "file"
+
+
+def test_environment_beats_defaults() -> None:
+    env = {
+        "SEALBOOT_REGION": "us-east-2",
+        "SEALBOOT_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "SEALBOOT_IMDS_ENDPOINT": "http://127.0.0.1:1338",
+        "SEALBOOT_ROOT": "/srv/inst",
+        "SEALBOOT_DEADLINE": "42",
+    }
+    cfg = build_config(build_parser().parse_args(["fetch", "--manifest", MJSON]), env)
+    assert cfg.region == "us-east-2"
+    assert cfg.effective_region == "us-east-2"
+    assert cfg.endpoint_url == "http://127.0.0.1:5000"
+    assert cfg.effective_endpoint == "http://127.0.0.1:5000"
+    assert cfg.imds_endpoint == "http://127.0.0.1:1338"
+    assert cfg.root == Path("/srv/inst")
+    assert cfg.deadline == 42.0
+    assert cfg.path("/etc/x") == Path("/srv/inst/etc/x")
+
+
+def test_command_line_beats_environment() -> None:
+    env = {
+        "SEALBOOT_REGION": "us-east-2",
+        "SEALBOOT_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "SEALBOOT_IMDS_ENDPOINT": "http://127.0.0.1:1338",
+        "SEALBOOT_ROOT": "/srv/inst",
+        "SEALBOOT_DEADLINE": "42",
+    }
+    argv = [
+        "fetch",
+        "--manifest",
+        MJSON,
+        "--region",
+        "ap-south-1",
+        "--endpoint-url",
+        "https://vpce.example",
+        "--imds-endpoint",
+        "http://10.0.0.1",
+        "--root",
+        "/other",
+        "--deadline",
+        "7",
+    ]
+    cfg = build_config(build_parser().parse_args(argv), env)
+    assert cfg.region == "ap-south-1"
+    assert cfg.endpoint_url == "https://vpce.example"
+    assert cfg.imds_endpoint == "http://10.0.0.1"
+    assert cfg.root == Path("/other")
+    assert cfg.deadline == 7.0
+
+
+def test_empty_environment_values_count_as_unset() -> None:
+    env = {"SEALBOOT_REGION": "", "SEALBOOT_ROOT": "", "SEALBOOT_DEADLINE": ""}
+    cfg = build_config(build_parser().parse_args(["fetch", "--manifest", MJSON]), env)
+    assert cfg.region is None
+    assert cfg.root == Path("/")
+    assert cfg.deadline == DEFAULT_DEADLINE
+
+
+def test_bad_endpoint_from_environment_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="endpoint URL"):
+        build_config(
+            build_parser().parse_args(["fetch", "--manifest", MJSON]),
+            {"SEALBOOT_ENDPOINT_URL": "not a url"},
+        )
+
+
+def test_prefix_and_count_build_a_capa_manifest_with_cli_region() -> None:
+    args = build_parser().parse_args(
+        ["fetch", "--prefix", "aws.cluster.x-k8s.io/u", "--count", "3", "--region", "eu-north-1"]
+    )
+    cfg = build_config(args, {})
+    assert cfg.manifest.format == "capa"
+    assert cfg.manifest.fragments == tuple(f"aws.cluster.x-k8s.io/u-{i}" for i in range(3))
+    assert cfg.manifest.region == "eu-north-1"
+
+
+def test_manifest_is_read_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text(MJSON)
+    cfg = build_config(build_parser().parse_args(["fetch", "--manifest", str(path)]), {})
+    assert cfg.manifest == MANIFEST
+
+
+def test_handoff_none_defaults_to_the_private_output() -> None:
+    args = build_parser().parse_args(["fetch", "--manifest", MJSON, "--handoff", "none"])
+    cfg = build_config(args, {})
+    assert cfg.output.startswith("/var/lib/sealboot/")
+
+
+def test_log_file_dash_means_none() -> None:
+    args = build_parser().parse_args(["fetch", "--manifest", MJSON, "--log-file", "-"])
+    assert build_config(args, {}).log_file is None
+
+
+# --- logging -------------------------------------------------------------------------------
+
+
+def emit(text: str) -> None:
+    logging.getLogger("sealboot_agent").info("%s", text)
+    for handler in logging.getLogger("sealboot_agent").handlers:
+        handler.flush()
+
+
+def test_log_line_written_once_when_stderr_is_the_log_file(tmp_path: Path) -> None:
+    log_file = tmp_path / "var" / "log" / "cloud-init-output.log"
+    log_file.parent.mkdir(parents=True)
+    with open(log_file, "a", encoding="utf-8") as stderr:
+        configure_logging(0, log_file, stderr)
+        emit("only-once-marker")
+        stderr.flush()
+    lines = [line for line in log_file.read_text().splitlines() if "only-once-marker" in line]
+    assert len(lines) == 1
+    assert "sealboot-agent[" in lines[0]
+    assert "INFO" in lines[0]
+
+
+def test_log_line_written_once_when_stderr_is_the_log_file_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real.log"
+    link = tmp_path / "link.log"
+    real.touch()
+    link.symlink_to(real)
+    with open(real, "a", encoding="utf-8") as stderr:
+        configure_logging(0, link, stderr)
+        emit("symlink-marker")
+        stderr.flush()
+    assert real.read_text().count("symlink-marker") == 1
+
+
+def test_log_line_written_to_each_when_different(tmp_path: Path) -> None:
+    log_file = tmp_path / "log" / "agent.log"
+    stderr = io.StringIO()
+    configure_logging(0, log_file, stderr)
+    emit("twice-marker")
+    assert stderr.getvalue().count("twice-marker") == 1
+    assert log_file.read_text().count("twice-marker") == 1
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+
+
+def test_log_to_a_different_real_file_as_stderr(tmp_path: Path) -> None:
+    log_file = tmp_path / "agent.log"
+    other = tmp_path / "console.log"
+    with open(other, "a", encoding="utf-8") as stderr:
+        configure_logging(0, log_file, stderr)
+        emit("split-marker")
+        stderr.flush()
+    assert other.read_text().count("split-marker") == 1
+    assert log_file.read_text().count("split-marker") == 1
+
+
+def test_configure_logging_twice_does_not_duplicate(tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    configure_logging(0, None, stderr)
+    configure_logging(0, None, stderr)
+    emit("dup-marker")
+    assert stderr.getvalue().count("dup-marker") == 1
+
+
+def test_unwritable_log_file_falls_back_to_stderr(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    stderr = io.StringIO()
+    configure_logging(0, blocker / "sub" / "agent.log", stderr)
+    emit("fallback-marker")
+    text = stderr.getvalue()
+    assert "cannot append" in text
+    assert text.count("fallback-marker") == 1
+
+
+def test_verbose_enables_debug() -> None:
+    stderr = io.StringIO()
+    configure_logging(0, None, stderr)
+    logging.getLogger("sealboot_agent").debug("quiet-marker")
+    assert "quiet-marker" not in stderr.getvalue()
+    configure_logging(1, None, stderr)
+    logging.getLogger("sealboot_agent").debug("loud-marker")
+    assert "loud-marker" in stderr.getvalue()
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def store_under(root: Path) -> StateStore:
+    return StateStore(root / "var" / "lib" / "sealboot")
+
+
+def test_status_on_an_empty_root_says_never_run(tmp_path: Path) -> None:
+    code, out, _ = run(["status", "--root", str(tmp_path)])
+    assert code == 0
+    assert "not run" in out
+
+
+def test_status_json_on_an_empty_root(tmp_path: Path) -> None:
+    code, out, _ = run(["status", "--json", "--root", str(tmp_path)])
+    assert code == 0
+    assert json.loads(out) == {"phase": None, "outcome": "never-run"}
+
+
+def test_status_root_from_the_environment(tmp_path: Path) -> None:
+    state = State(manifest_id="f" * 32, phase="done", outcome="ok")
+    store_under(tmp_path).save(state)
+    code, out, _ = run(["status", "--json"], {"SEALBOOT_ROOT": str(tmp_path)})
+    assert code == 0
+    assert json.loads(out)["manifest_id"] == "f" * 32
+
+
+def test_status_json_prints_the_saved_state(tmp_path: Path) -> None:
+    state = State(
+        manifest_id="a" * 32,
+        phase="done",
+        outcome="ok",
+        fragments=["aws.cluster.x-k8s.io/u-0"],
+        instance_id="i-0abc",
+        region="eu-west-1",
+        output="/etc/secret-userdata.txt",
+        handoff="file",
+    )
+    store_under(tmp_path).save(state, phase="done")
+    code, out, _ = run(["status", "--json", "--root", str(tmp_path)])
+    assert code == 0
+    assert State.from_json(out) == state
+    data = json.loads(out)
+    assert data["outcome"] == "ok"
+    assert data["instance_id"] == "i-0abc"
+
+
+def test_status_of_a_failed_run_exits_non_zero_and_shows_the_error(tmp_path: Path) -> None:
+    when = 1_700_000_000.0
+    state = State(
+        manifest_id="b" * 32,
+        phase="written",
+        outcome="failed",
+        fragments=["aws.cluster.x-k8s.io/u-0", "aws.cluster.x-k8s.io/u-1"],
+        left_behind=["aws.cluster.x-k8s.io/u-1"],
+        times={"written": when},
+        error={"message": "delete denied", "exit_code": 9},
+    )
+    store_under(tmp_path).save(state)
+    code, out, _ = run(["status", "--root", str(tmp_path)])
+    assert code == 1
+    assert "failed" in out
+    assert "b" * 32 in out
+    assert "delete denied" in out
+    assert "exit 9" in out
+    (left_line,) = [line for line in out.splitlines() if "left behind" in line]
+    assert "u-1" in left_line
+    stamp = datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc)
+    assert stamp.strftime("%Y-%m-%dT%H:%M:%S") in out
+    code, out, _ = run(["status", "--json", "--root", str(tmp_path)])
+    assert code == 1
+
+
+def test_status_on_a_corrupt_state_file_exits_10(tmp_path: Path) -> None:
+    store = store_under(tmp_path)
+    store.directory.mkdir(parents=True)
+    store.file.write_text("{garbage")
+    code, _, err = run(["status", "--root", str(tmp_path)])
+    assert code == 10
+    assert "corrupt" in err
+
+
+@pytest.mark.parametrize("source", ["--manifest", "--prefix"])
+def test_bad_region_on_the_command_line_is_a_usage_error(source: str) -> None:
+    what = MJSON if source == "--manifest" else "aws.cluster.x-k8s.io/u"
+    argv = ["fetch", source, what, "--region", "eu west 1"]
+    if source == "--prefix":
+        argv += ["--count", "1"]
+    with pytest.raises(UsageError, match="region"):
+        build_config(build_parser().parse_args(argv), {})

@@ -1,0 +1,365 @@
+"""Unit tests of seal() against a fake Secrets Manager client (no network, no sleeping)."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import hashlib
+import os
+import re
+import uuid
+
+import pytest
+
+from sealboot.errors import AccessDenied, AwsError, InputError, SealbootError
+from sealboot.seal import SealConfig, seal
+from sealboot_agent.assemble import assemble
+from sealboot_agent.wire import SECRETS_MANAGER_MAX_VALUE, Manifest
+from tests.unit.fakes import FakeClock, FakeSecrets, client_error
+
+WALL = 1_700_000_000.0
+CFG = SealConfig(region="eu-west-1")
+
+
+def do_seal(
+    data: bytes,
+    fake: FakeSecrets,
+    config: SealConfig = CFG,
+    clock: FakeClock | None = None,
+    *,
+    machine: str = "m1",
+    cluster: str = "c1",
+    namespace: str = "default",
+    role: str = "node",
+) -> Manifest:
+    clock = clock or FakeClock()
+    return seal(
+        data,
+        namespace=namespace,
+        cluster=cluster,
+        machine=machine,
+        role=role,
+        config=config,
+        client=fake,
+        clock=clock,
+        wall=lambda: WALL,
+        sleep=clock.sleep,
+    )
+
+
+def tags_of(fake: FakeSecrets, index: int = 0) -> dict[str, str]:
+    tags = fake.ops("create_secret")[index]["Tags"]
+    return {t["Key"]: t["Value"] for t in tags}
+
+
+# --- the happy paths -----------------------------------------------------------------------
+
+
+def test_small_user_data_fits_one_fragment_and_round_trips() -> None:
+    fake = FakeSecrets()
+    data = b"#cloud-config\nruncmd: [echo hi]\n"
+    m = do_seal(data, fake)
+    assert m.count == 1
+    assert m.format == "native"
+    assert m.region == "eu-west-1"
+    stream = fake.store[m.fragments[0]]
+    assert isinstance(stream, bytes)
+    assert gzip.decompress(stream) == data
+    assert m.sha256 == hashlib.sha256(stream).hexdigest()
+    assert m.size == len(stream)
+    assert m.raw_size == len(data)
+    assert m.labels["machine"] == "m1"
+    assert m.labels["cluster"] == "c1"
+
+
+def test_native_names_follow_the_contract() -> None:
+    fake = FakeSecrets()
+    m = do_seal(b"x", fake, machine="worker-0", cluster="prod", namespace="team-a")
+    (name,) = m.fragments
+    assert re.fullmatch(r"aws\.cluster\.x-k8s\.io/team-a/prod/worker-0/[a-z2-7]{52}-0", name)
+
+
+def test_two_seals_of_the_same_data_use_different_names() -> None:
+    fake = FakeSecrets()
+    a = do_seal(b"same", fake)
+    b = do_seal(b"same", fake)
+    assert set(a.fragments).isdisjoint(b.fragments)
+
+
+def test_incompressible_150k_splits_into_three_fragments_that_reassemble() -> None:
+    fake = FakeSecrets()
+    data = os.urandom(150 * 1024)
+    m = do_seal(data, fake)
+    assert m.count == 3
+    chunks = []
+    for name in m.fragments:
+        value = fake.store[name]
+        assert isinstance(value, bytes)
+        assert 1 <= len(value) <= SECRETS_MANAGER_MAX_VALUE
+        chunks.append(value)
+    assert all(len(c) == SECRETS_MANAGER_MAX_VALUE for c in chunks[:-1])
+    assert assemble(m, chunks, max_size=1 << 20) == data
+    for i, kwargs in enumerate(fake.ops("create_secret")):
+        assert f"{i + 1}/3" in kwargs["Description"]
+
+
+def test_capa_format_names_and_7000_byte_chunks() -> None:
+    fake = FakeSecrets()
+    data = os.urandom(20000)
+    m = do_seal(data, fake, SealConfig(region="eu-west-1", format="capa"))
+    assert m.format == "capa"
+    stream = gzip.compress(data)  # only used for its length: > 14000, so at least 3 chunks
+    assert m.count == -(-(m.size or 0) // 7000) >= 3
+    assert len(stream) > 14000
+    prefixes = set()
+    chunks = []
+    for i, name in enumerate(m.fragments):
+        match = re.fullmatch(r"aws\.cluster\.x-k8s\.io/([0-9a-f-]{36})-(\d+)", name)
+        assert match, name
+        assert str(uuid.UUID(match.group(1))) == match.group(1)
+        assert int(match.group(2)) == i
+        prefixes.add(match.group(1))
+        value = fake.store[name]
+        assert isinstance(value, bytes)
+        chunks.append(value)
+    assert len(prefixes) == 1
+    assert all(len(c) == 7000 for c in chunks[:-1])
+    assert 1 <= len(chunks[-1]) <= 7000
+    assert gzip.decompress(b"".join(chunks)) == data
+    for kwargs in fake.ops("create_secret"):
+        assert isinstance(kwargs["SecretBinary"], bytes)
+        assert "SecretString" not in kwargs
+
+
+# --- tags and KMS --------------------------------------------------------------------------
+
+
+def test_tags_carry_capa_role_name_and_expiry() -> None:
+    fake = FakeSecrets()
+    cfg = SealConfig(region="eu-west-1", ttl_seconds=7200, tags=(("team", "blue"),))
+    do_seal(b"x", fake, cfg, machine="m9", cluster="prod", role="control-plane")
+    tags = tags_of(fake)
+    assert tags["sigs.k8s.io/cluster-api-provider-aws/cluster/prod"] == "owned"
+    assert tags["sigs.k8s.io/cluster-api-provider-aws/role"] == "control-plane"
+    assert tags["Name"] == "m9"
+    assert tags["team"] == "blue"
+    expires = datetime.datetime.fromisoformat(tags["sealboot.io/expires-at"].replace("Z", "+00:00"))
+    assert expires.tzinfo is not None
+    assert expires.timestamp() == pytest.approx(WALL + 7200, abs=1)
+
+
+def test_every_fragment_gets_the_same_tags() -> None:
+    fake = FakeSecrets()
+    do_seal(os.urandom(150 * 1024), fake)
+    assert tags_of(fake, 0) == tags_of(fake, 1) == tags_of(fake, 2)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "Name",
+        "aws:createdBy",
+        "sealboot.io/expires-at",
+        "sealboot.io/anything",
+        "sigs.k8s.io/cluster-api-provider-aws/role",
+        "sigs.k8s.io/cluster-api-provider-aws/cluster/other",
+    ],
+)
+def test_reserved_user_tags_are_refused_before_any_call(key: str) -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="cannot be overridden"):
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", tags=((key, "v"),)))
+    assert fake.calls == []
+
+
+def test_kms_key_is_passed_only_when_set() -> None:
+    fake = FakeSecrets()
+    do_seal(b"x", fake)
+    assert "KmsKeyId" not in fake.ops("create_secret")[0]
+    fake = FakeSecrets()
+    do_seal(b"x", fake, SealConfig(region="eu-west-1", kms_key_id="alias/sealboot"))
+    assert fake.ops("create_secret")[0]["KmsKeyId"] == "alias/sealboot"
+
+
+@pytest.mark.parametrize("ttl", [59, 30 * 86400 + 1])
+def test_ttl_out_of_range_is_refused(ttl: int) -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="expiry"):
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", ttl_seconds=ttl))
+    assert fake.calls == []
+
+
+# --- refusals before any call --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", ["$(reboot)", "a'b", "a b", "a/b", "", "..", "`id`"])
+@pytest.mark.parametrize("fmt", ["native", "capa"])
+def test_hostile_machine_names_are_refused_before_any_create(hostile: str, fmt: str) -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError) as info:
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", format=fmt), machine=hostile)
+    assert "machine" in info.value.message
+    assert info.value.exit_code == 2
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("field", ["cluster", "namespace", "role"])
+def test_hostile_other_components_are_refused(field: str) -> None:
+    fake = FakeSecrets()
+    kwargs = {field: "$(reboot)"}
+    with pytest.raises(InputError, match=field):
+        do_seal(b"x", fake, **kwargs)  # type: ignore[arg-type]
+    assert fake.calls == []
+
+
+def test_machine_name_with_trailing_newline_is_refused_in_capa_format() -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError):
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", format="capa"), machine="m1\n")
+    assert fake.calls == []
+
+
+def test_bad_endpoint_is_refused() -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="endpoint"):
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", endpoint_url="localhost:4566"))
+    assert fake.calls == []
+
+
+def test_unknown_format_is_refused() -> None:
+    with pytest.raises(InputError, match="format"):
+        do_seal(b"x", FakeSecrets(), SealConfig(region="eu-west-1", format="zip"))
+
+
+def test_over_long_cluster_for_the_capa_tag_is_refused() -> None:
+    fake = FakeSecrets()
+    # 96 characters survive name shortening but break the 128-character tag key limit.
+    with pytest.raises(InputError, match="tag"):
+        do_seal(b"x", fake, cluster="c" * 96)
+    assert fake.calls == []
+
+
+# --- failures undo their own work ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type", "exit_code"),
+    [
+        ("ThrottlingException", AwsError, 4),
+        ("InternalServiceError", AwsError, 4),
+        ("AccessDeniedException", AccessDenied, 5),
+    ],
+)
+def test_failure_on_second_create_removes_the_first(
+    code: str, error_type: type[AwsError], exit_code: int
+) -> None:
+    fake = FakeSecrets()
+    fake.create_script = [None, client_error(code, "rate exceeded", "CreateSecret", "req-42")]
+    with pytest.raises(error_type) as info:
+        do_seal(os.urandom(150 * 1024), fake)
+    err = info.value
+    assert type(err) is error_type
+    assert err.exit_code == exit_code
+    creates = fake.ops("create_secret")
+    assert len(creates) == 2
+    first, second = creates[0]["Name"], creates[1]["Name"]
+    deletes = fake.ops("delete_secret")
+    assert [d["SecretId"] for d in deletes] == [first]
+    assert deletes[0]["ForceDeleteWithoutRecovery"] is True
+    assert fake.store == {}
+    msg = err.message
+    assert "removed" in msg
+    assert code in msg
+    assert second in msg
+    assert "req-42" in msg
+
+
+def test_failure_on_third_create_removes_both_earlier_fragments() -> None:
+    fake = FakeSecrets()
+    fake.create_script = [None, None, client_error("ThrottlingException")]
+    with pytest.raises(AwsError) as info:
+        do_seal(os.urandom(150 * 1024), fake)
+    names = [c["Name"] for c in fake.ops("create_secret")]
+    assert len(names) == 3
+    assert sorted(d["SecretId"] for d in fake.ops("delete_secret")) == sorted(names[:2])
+    assert fake.store == {}
+    assert "removed the 2 fragment(s)" in info.value.message
+
+
+def test_failed_undo_names_the_fragment_left_behind() -> None:
+    fake = FakeSecrets()
+    fake.create_script = [None, client_error("ThrottlingException")]
+    real_create = fake.create_secret
+
+    def create_and_block_delete(**kwargs: object) -> dict[str, object]:
+        out = real_create(**kwargs)
+        # Whatever this run creates cannot be deleted again (e.g. no DeleteSecret permission).
+        fake.delete_errors[str(kwargs["Name"])] = client_error("AccessDeniedException")
+        return out
+
+    fake.create_secret = create_and_block_delete  # type: ignore[method-assign]
+    with pytest.raises(AwsError) as info:
+        do_seal(os.urandom(150 * 1024), fake)
+    (left,) = fake.store
+    assert [d["SecretId"] for d in fake.ops("delete_secret")] == [left]
+    assert left in info.value.message
+    assert "could not be removed" in info.value.message
+    assert "ThrottlingException" in info.value.message
+
+
+def test_resource_exists_is_force_deleted_and_retried_without_real_sleep() -> None:
+    fake = FakeSecrets()
+    clock = FakeClock()
+    fake.create_script = [client_error("ResourceExistsException", "exists", "CreateSecret")]
+    m = do_seal(b"#cloud-config\n", fake, clock=clock)
+    creates = fake.ops("create_secret")
+    assert [c["Name"] for c in creates] == [m.fragments[0]] * 2
+    (delete,) = fake.ops("delete_secret")
+    assert delete == {"SecretId": m.fragments[0], "ForceDeleteWithoutRecovery": True}
+    assert len(clock.sleeps) == 1
+    assert m.fragments[0] in fake.store
+    # The fake clock only moved by the injected sleep.
+    assert clock.now == pytest.approx(1000.0 + sum(clock.sleeps))
+
+
+def test_resource_that_keeps_existing_gives_up_at_the_deadline() -> None:
+    fake = FakeSecrets()
+    clock = FakeClock()
+    fake.create_script = [None] + [client_error("ResourceExistsException")] * 1000
+    cfg = SealConfig(region="eu-west-1", format="capa", deadline=10.0)
+    with pytest.raises(SealbootError) as info:
+        do_seal(os.urandom(10000), fake, cfg, clock)
+    assert "deadline" in info.value.message
+    assert clock.now - 1000.0 <= 10.0
+    assert len(clock.sleeps) >= 2
+    # Backoff grows: later delays may exceed the very first cap of 0.25 s.
+    assert all(0 <= s <= 5.0 for s in clock.sleeps)
+    # The fragment this run did create was removed again.
+    first = fake.ops("create_secret")[0]["Name"]
+    assert first not in fake.store
+    assert "removed the 1 fragment(s)" in info.value.message
+
+
+def test_non_exists_error_on_force_delete_is_reported() -> None:
+    fake = FakeSecrets()
+    fake.create_script = [client_error("ResourceExistsException")]
+    real_delete = fake.delete_secret
+
+    def delete(**kwargs: object) -> dict[str, object]:
+        if not fake.ops("delete_secret"):
+            fake.calls.append(("delete_secret", dict(kwargs)))
+            raise client_error("AccessDeniedException", "no delete", "DeleteSecret")
+        return real_delete(**kwargs)
+
+    fake.delete_secret = delete  # type: ignore[method-assign]
+    with pytest.raises(AccessDenied):
+        do_seal(b"x", fake)
+    assert fake.store == {}
+
+
+def test_too_many_fragments_is_refused_without_leaving_secrets() -> None:
+    fake = FakeSecrets()
+    data = os.urandom(7_300_000)  # incompressible: > 1024 chunks of 7000 bytes
+    with pytest.raises(SealbootError):
+        do_seal(data, fake, SealConfig(region="eu-west-1", format="capa"))
+    assert fake.store == {}
