@@ -77,7 +77,7 @@ def kubeadm_cloud_config(token: str) -> bytes:
             caCertHashes:
             - sha256:{hashlib.sha256(token.encode()).hexdigest()}
         nodeRegistration:
-          name: '{{{{ ds.meta_data.local_hostname }}}}'
+          name: ip-10-0-0-10.ec2.internal
           kubeletExtraArgs:
             cloud-provider: external
         """)
@@ -85,7 +85,7 @@ def kubeadm_cloud_config(token: str) -> bytes:
         "  - path: /run/kubeadm/kubeadm-join-config.yaml\n    owner: root:root\n"
         "    permissions: '0640'\n    content: |\n" + textwrap.indent(join, "      ")
     )
-    doc = "## template: jinja\n#cloud-config\nwrite_files:\n" + "".join(files)
+    doc = "#cloud-config\nwrite_files:\n" + "".join(files)
     doc += "runcmd:\n  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml\n"
     return doc.encode()
 
@@ -168,13 +168,25 @@ def main() -> int:
         ok("boothook exited 0")
 
         step(6, "verify")
-        out = root / "etc/secret-userdata.txt"
+        out = root / "var/lib/sealboot/userdata"
         got = out.read_bytes()
         if hashlib.sha256(got).digest() != hashlib.sha256(userdata).digest():
             fail("the written user data differs from the original")
         ok(
             f"{out} matches the original (sha256 {hashlib.sha256(got).hexdigest()[:16]}...), "
             f"mode {oct(out.stat().st_mode & 0o777)}"
+        )
+        cfg = root / "etc/cloud/cloud.cfg.d/99-sealboot-00.cfg"
+        if cfg.read_bytes() != userdata:
+            fail(f"{cfg} does not hold the cloud-config")
+        ok(
+            f"cloud-init hand-off: {cfg.relative_to(root)} (mode "
+            f"{oct(cfg.stat().st_mode & 0o777)}) is read by the later stages of this boot"
+        )
+        scripts = root / "var/lib/cloud/instances" / stack.identity.instance_id / "scripts"
+        ok(
+            f"scripts-user will run: {', '.join(sorted(p.name for p in scripts.iterdir()))} "
+            "(the last one removes the plaintext after the final stage)"
         )
         left = sm.list_secrets()["SecretList"]
         if left:

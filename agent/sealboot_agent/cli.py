@@ -155,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this many seconds in all (default 300) [env SEALBOOT_DEADLINE]",
     )
     fetch.add_argument(
+        "--instance-id",
+        help="cloud-init's instance id, for --handoff cloud-init (default: $INSTANCE_ID, "
+        "which cloud-init gives boothooks, then /var/lib/cloud/instance)",
+    )
+    fetch.add_argument(
+        "--keep-plaintext",
+        action="store_true",
+        help="--handoff cloud-init: keep the placed parts and the private copy after the final "
+        "stage (default: a last user script removes them)",
+    )
+    fetch.add_argument(
         "--denied-grace",
         type=float,
         default=DEFAULT_DENIED_GRACE,
@@ -251,6 +262,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
         deadline=parse_deadline(pick(args.deadline, env, "deadline")),
         require_delete=args.require_delete,
         denied_grace=max(0.0, args.denied_grace),
+        cloud_init_instance_id=pick(args.instance_id, env, "instance_id"),
+        keep_plaintext=args.keep_plaintext,
         verbose=args.verbose,
         pause_at=pick(None, env, "pause_at"),
     )
@@ -366,11 +379,28 @@ def main(
         log.error("%s", exc.message)
         log.error("what to do: %s", exc.advice)
         log.error("exit %d", exc.exit_code)
+        _report_to_cloud_init(cfg, exc)
         return exc.exit_code
     except Exception:  # noqa: BLE001 - the boot path must say what broke, not just die
         log.exception("unexpected error; no fragment was deleted unless the log says so")
         return 1
     return 0
+
+
+def _report_to_cloud_init(cfg: AgentConfig, exc: AgentError) -> None:
+    """cloud-init only logs a failing boothook; a failing user script makes status say error."""
+    if cfg.handoff != "cloud-init":
+        return
+    from sealboot_agent.handoff import report_failure
+    from sealboot_agent.run import cloud_init_instance_id
+
+    iid = cloud_init_instance_id(cfg)
+    if iid is None:
+        return
+    try:
+        report_failure(cfg.root, iid, f"{exc.message} (exit {exc.exit_code})")
+    except AgentError as err:
+        log.warning("could not record the failure for cloud-init: %s", err.message)
 
 
 def entrypoint() -> None:

@@ -26,6 +26,7 @@ ENV = {
     "root": "SEALBOOT_ROOT",
     "deadline": "SEALBOOT_DEADLINE",
     "pause_at": "SEALBOOT_TEST_PAUSE_AT",
+    "instance_id": "INSTANCE_ID",
 }
 
 
@@ -52,6 +53,9 @@ class AgentConfig:
     deadline: float = DEFAULT_DEADLINE
     require_delete: bool = False
     denied_grace: float = DEFAULT_DENIED_GRACE
+    # cloud-init's instance id (boothooks get it as $INSTANCE_ID); may differ from EC2's.
+    cloud_init_instance_id: str | None = None
+    keep_plaintext: bool = False
     verbose: int = 0
     # Test hook: stop after saving this phase until killed (crash-safety tests).
     pause_at: str | None = None

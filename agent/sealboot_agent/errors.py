@@ -91,6 +91,15 @@ class StateError(AgentError):
     hint = "inspect /var/lib/sealboot/state.json; remove it only if you know the run is over"
 
 
+class UnsupportedUserData(AgentError):
+    exit_code = 11
+    hint = (
+        "the boothook hand-off cannot apply this user data faithfully; nothing was deleted. "
+        "Seal cloud-config, shell scripts or boothooks (plain, gzip or MIME), or use the "
+        "sealboot datasource"
+    )
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success, or nothing to do (already done on this instance)",
     1: "unexpected internal error (a bug; please report it with the log)",
@@ -103,4 +112,5 @@ EXIT_CODES: dict[int, str] = {
     WriteError.exit_code: "could not write the user data durably (disk full, read-only, ...)",
     DeleteError.exit_code: "fragments could not be deleted (only with --require-delete)",
     StateError.exit_code: "the state file is unreadable or another run holds the lock",
+    UnsupportedUserData.exit_code: "user data has a part the cloud-init hand-off cannot apply",
 }

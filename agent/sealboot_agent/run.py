@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sealboot_agent import __version__
 from sealboot_agent.config import AgentConfig
 from sealboot_agent.errors import AgentError, DeleteError, ImdsError
-from sealboot_agent.handoff import HANDOFFS
+from sealboot_agent.handoff import HANDOFFS, Plan, apply_cloud_init, plan_cloud_init
 from sealboot_agent.imds import Deadline, Imds
 from sealboot_agent.state import State, StateStore, write_durable
 from sealboot_agent.wire import sha256_hex
@@ -58,6 +59,17 @@ def _file_sha256(path: Any) -> str | None:
             return sha256_hex(fh.read())
     except OSError:
         return None
+
+
+def cloud_init_instance_id(cfg: AgentConfig) -> str | None:
+    """cloud-init's instance id: $INSTANCE_ID in a boothook, else /var/lib/cloud/instance."""
+    if cfg.cloud_init_instance_id:
+        return cfg.cloud_init_instance_id
+    try:
+        target = os.readlink(cfg.path("/var/lib/cloud/instance"))
+    except OSError:
+        return None
+    return os.path.basename(target.rstrip("/")) or None
 
 
 def _resumable(prev: State | None, cfg: AgentConfig, mid: str) -> State | None:
@@ -147,6 +159,7 @@ def _steps(
     from sealboot_agent.retry import RetryPolicy
 
     manifest = cfg.manifest
+    plan: Plan | None = None
     # IAM needs a little while to honour a freshly attached instance profile; only then is
     # AccessDenied worth retrying.
     grace = max(0.0, cfg.denied_grace - deps.uptime())
@@ -202,6 +215,9 @@ def _steps(
                 "gzip stream intact (CAPA format carries no digest); user data is %d bytes",
                 len(payload),
             )
+        if cfg.handoff == "cloud-init":
+            # Refuse what cannot be applied while every fragment still exists.
+            plan = plan_cloud_init(payload)
         _save(cfg, store, state, "verified", deps)
         write_durable(cfg.path(cfg.output), payload)
         _pause(cfg, store, "output-on-disk", deps)
@@ -226,7 +242,22 @@ def _steps(
     _save(cfg, store, state, "deleted", deps)
 
     handoff = HANDOFFS[cfg.handoff]
-    log.info("hand-off %s: %s", handoff.name, handoff.description)
+    if cfg.handoff == "cloud-init":
+        if plan is None:
+            plan = plan_cloud_init(cfg.path(cfg.output).read_bytes())
+        iid = cloud_init_instance_id(cfg) or state.instance_id or ""
+        apply_cloud_init(
+            plan, cfg.root, iid, plaintext=cfg.output, keep_plaintext=cfg.keep_plaintext
+        )
+        log.info(
+            "hand-off cloud-init: %d cloud-config, %d script, %d boothook part(s)%s",
+            plan.count("cloud-config"),
+            plan.count("script"),
+            plan.count("boothook"),
+            "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
+        )
+    else:
+        log.info("hand-off %s: %s", handoff.name, handoff.description)
     _save(cfg, store, state, "handed_off", deps)
     write_durable(store.done_marker(state.manifest_id), b"")
     state.outcome = "ok"

@@ -103,7 +103,20 @@ class Instance:
 
     @property
     def output(self) -> Path:
+        """Where ``fetch`` (default --handoff file) writes the user data."""
         return self.root / "etc/secret-userdata.txt"
+
+    @property
+    def private(self) -> Path:
+        """Where the boothook's ``--handoff cloud-init`` keeps its durable copy."""
+        return self.root / "var/lib/sealboot/userdata"
+
+    @property
+    def scripts(self) -> Path:
+        return self.root / "var/lib/cloud/instances" / self.stack.identity.instance_id / "scripts"
+
+    def cloud_config_parts(self) -> list[Path]:
+        return sorted((self.root / "etc/cloud/cloud.cfg.d").glob("99-sealboot-*.cfg"))
 
     def state(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / "var/lib/sealboot/state.json").read_text())
@@ -196,6 +209,17 @@ def cloud_config(size: int = 2048) -> bytes:
 def incompressible(size: int) -> bytes:
     """Random bytes carrying SECRET_MARKER, so gzip cannot shrink them below *size*."""
     return SECRET_MARKER + os.urandom(size)
+
+
+def random_cloud_config(size: int) -> bytes:
+    """A cloud-config of *size* bytes that gzip shrinks only to about three quarters."""
+    import base64
+
+    blob = base64.b64encode(os.urandom(size * 3 // 4)).decode()
+    return (
+        b"#cloud-config\n# " + SECRET_MARKER + b"\nwrite_files:\n  - path: /etc/blob\n"
+        b"    content: " + blob.encode() + b"\n"
+    )
 
 
 def assert_no_secret(blob: bytes | str, payload: bytes) -> None:

@@ -26,8 +26,12 @@ def test_boot_fetches_verifies_writes_and_deletes(instance: Instance, tmp_path: 
     res = instance.boot(sealed.userdata_path)
 
     assert res.returncode == 0, instance.log
-    assert instance.output.read_bytes() == payload
-    assert stat.S_IMODE(instance.output.stat().st_mode) == 0o600
+    assert instance.private.read_bytes() == payload
+    assert stat.S_IMODE(instance.private.stat().st_mode) == 0o600
+    assert not instance.output.exists(), "the boothook hands off to cloud-init, not a file"
+    (part,) = instance.cloud_config_parts()
+    assert part.read_bytes() == payload
+    assert stat.S_IMODE(part.stat().st_mode) == 0o600
     assert secret_names(instance.stack) == []
     state = instance.state()
     assert state["outcome"] == "ok"

@@ -17,6 +17,7 @@ from tests.functional.conftest import (
     assert_no_secret,
     cloud_config,
     incompressible,
+    random_cloud_config,
     seal,
     sealboot,
     secret_names,
@@ -291,7 +292,7 @@ class TestCapaInterop:
     def test_agent_reads_fragments_sealed_with_format_capa(
         self, instance: Instance, tmp_path: Path
     ) -> None:
-        payload = incompressible(20_000)
+        payload = random_cloud_config(20_000)
         sealed = seal(instance.stack, tmp_path, payload, "--format", "capa")
         assert sealed.manifest.count == 3  # 7000-byte fragments, as CAPA writes them
         for name in sealed.manifest.fragments:
@@ -301,7 +302,8 @@ class TestCapaInterop:
         res = instance.boot(sealed.userdata_path)
 
         assert res.returncode == 0, instance.log
-        assert instance.output.read_bytes() == payload
+        assert instance.private.read_bytes() == payload
+        assert [p.read_bytes() for p in instance.cloud_config_parts()] == [payload]
         assert secret_names(instance.stack) == []
 
     def _capa_controller_writes(self, stack: LocalStack, payload: bytes) -> tuple[str, int]:

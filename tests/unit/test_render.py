@@ -318,7 +318,15 @@ def test_boothook_hands_the_exact_manifest_to_the_agent(endpoint: str, tmp_path:
     result, argv_file = _run_boothook(tmp_path, m)
     assert result.returncode == 0, result.stderr
     argv = argv_file.read_text().split("\0")[:-1]
-    assert argv == ["fetch", "--manifest", m.to_json(), "--root", str(tmp_path / "root")]
+    assert argv == [
+        "fetch",
+        "--handoff",
+        "cloud-init",
+        "--manifest",
+        m.to_json(),
+        "--root",
+        str(tmp_path / "root"),
+    ]
     assert not (tmp_path / "CANARY").exists()
 
 

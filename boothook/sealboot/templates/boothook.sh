@@ -35,7 +35,7 @@ if [ -z "$sb_agent" ]; then
     exit 69
 fi
 
-sb_args=(fetch --manifest "$SEALBOOT_MANIFEST")
+sb_args=(fetch --handoff cloud-init --manifest "$SEALBOOT_MANIFEST")
 if [ -n "$sb_root" ]; then
     sb_args+=(--root "$sb_root")
 fi
