@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional clean help
+.PHONY: setup demo test lint fmt unit functional system-deps clean help
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
@@ -32,8 +32,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts || true
 	$(BIN)/ruff format -q agent boothook tests demo scripts
 
+system-deps:
+	@bash scripts/system-deps.sh
+
 # pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
-test: lint
+test: lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 unit: $(STAMP)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sealboot.delete import delete
 from sealboot.errors import SealbootError
-from sealboot.render import inspect, render
+from sealboot.render import inspect, render, render_userdata
 from sealboot.seal import SealConfig, seal
 from sealboot_agent import __version__
 from sealboot_agent.wire import Manifest
@@ -25,5 +25,6 @@ __all__ = [
     "delete",
     "inspect",
     "render",
+    "render_userdata",
     "seal",
 ]

@@ -106,14 +106,20 @@ def _read(path: str, stdin: TextIO) -> bytes:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _write(path: str | None, text: str, stdout: TextIO, private: bool = False) -> None:
+def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
+    raw = data.encode() if isinstance(data, str) else data
     if path is None or path == "-":
-        stdout.write(text)
+        stdout.flush()
+        if hasattr(stdout, "buffer"):
+            stdout.buffer.write(raw)
+            stdout.buffer.flush()
+        else:
+            stdout.write(raw.decode("utf-8", "replace"))
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -138,7 +144,7 @@ def _tags(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
 def _cmd_seal(
     args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO
 ) -> int:
-    from sealboot.render import render
+    from sealboot.render import render_userdata
     from sealboot.seal import SealConfig, seal
 
     data = _read(args.userdata, stdin)
@@ -161,7 +167,7 @@ def _cmd_seal(
         config=cfg,
     )
     try:
-        userdata = render(manifest)
+        userdata = render_userdata(manifest)
     except SealbootError:
         from sealboot.delete import delete
 
@@ -201,9 +207,9 @@ def main(
         if args.command == "seal":
             return _cmd_seal(args, env, stdin, stdout)
         if args.command == "render":
-            from sealboot.render import render
+            from sealboot.render import render_userdata
 
-            _write(args.output, render(_manifest(args.manifest, stdin)), stdout)
+            _write(args.output, render_userdata(_manifest(args.manifest, stdin)), stdout)
             return 0
         if args.command == "delete":
             from sealboot.delete import delete
@@ -219,8 +225,7 @@ def main(
         if args.command == "inspect":
             from sealboot.render import inspect
 
-            raw = _read(args.userdata, stdin).decode("utf-8", "replace")
-            stdout.write(inspect(raw).to_json() + "\n")
+            stdout.write(inspect(_read(args.userdata, stdin)).to_json() + "\n")
             return 0
     except SealbootError as exc:
         stderr.write(f"sealboot: error: {exc.message}\n  what to do: {exc.advice}\n")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import gzip
+import logging
 import shlex
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -18,7 +20,9 @@ from importlib import resources
 
 from sealboot.errors import InputError, TooLarge
 from sealboot_agent import __version__
-from sealboot_agent.wire import Manifest, WireError
+from sealboot_agent.wire import Manifest, WireError, gzip_deterministic
+
+log = logging.getLogger(__name__)
 
 EC2_USERDATA_MAX = 16384
 BOOTHOOK_TYPE = "text/cloud-boothook"
@@ -51,9 +55,6 @@ def _assignments(manifest: Manifest) -> str:
         lines.append(f"{_MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
     lines.append("}")
     # Names one per line for the messages (and for code that cannot parse JSON).
-    lines.append("SEALBOOT_FRAGMENTS=(")
-    lines.extend(f"    {q(name)}" for name in manifest.fragments)
-    lines.append(")")
     return "\n".join(lines)
 
 
@@ -67,21 +68,52 @@ def render_boothook(manifest: Manifest) -> str:
     return script
 
 
-def render(manifest: Manifest) -> str:
-    """EC2 user data for *manifest*: MIME multipart with one ``text/cloud-boothook`` part."""
+def _mime(manifest: Manifest) -> str:
     outer = MIMEMultipart(boundary=f"==sealboot-{manifest.manifest_id[:16]}==")
     part = MIMEText(render_boothook(manifest), "cloud-boothook", "us-ascii")
     part.add_header("Content-Disposition", "attachment", filename="sealboot.sh")
     outer.attach(part)
-    text = outer.as_string()
+    return outer.as_string()
+
+
+def _too_large(manifest: Manifest, size: int, how: str) -> TooLarge:
+    return TooLarge(
+        f"rendered user data is {size} bytes {how}; EC2 accepts at most {EC2_USERDATA_MAX}. "
+        f"The manifest names {manifest.count} fragment(s) of "
+        f"{max(len(n) for n in manifest.fragments)}-character names"
+    )
+
+
+def render(manifest: Manifest) -> str:
+    """EC2 user data for *manifest* as text: MIME with one ``text/cloud-boothook`` part."""
+    text = _mime(manifest)
     size = len(text.encode())
     if size > EC2_USERDATA_MAX:
-        raise TooLarge(
-            f"rendered user data is {size} bytes; EC2 accepts at most {EC2_USERDATA_MAX}. "
-            f"The manifest names {manifest.count} fragment(s) of "
-            f"{max(len(n) for n in manifest.fragments)}-character names"
-        )
+        raise _too_large(manifest, size, "as text")
     return text
+
+
+def render_userdata(manifest: Manifest) -> bytes:
+    """The user data bytes: the MIME text, or gzip of it when only that fits in 16 KB.
+
+    cloud-init decompresses gzip user data itself, so a manifest naming many fragments still
+    fits. Example::
+
+        >>> render_userdata(manifest)[:13]
+        b'Content-Type:'
+    """
+    raw = _mime(manifest).encode()
+    if len(raw) <= EC2_USERDATA_MAX:
+        return raw
+    packed = gzip_deterministic(raw)
+    if len(packed) > EC2_USERDATA_MAX:
+        raise _too_large(manifest, len(packed), "even gzipped")
+    log.info(
+        "user data is %d bytes as text; gzipped to %d bytes (cloud-init reads both)",
+        len(raw),
+        len(packed),
+    )
+    return packed
 
 
 def _boothook_text(userdata: str) -> str:
@@ -96,8 +128,15 @@ def _boothook_text(userdata: str) -> str:
     raise InputError("no text/cloud-boothook part found; is this sealboot user data?")
 
 
-def inspect(userdata: str) -> Manifest:
-    """Read back the manifest that rendered *userdata* carries."""
+def inspect(userdata: str | bytes) -> Manifest:
+    """Read back the manifest that rendered *userdata* (text, bytes or gzip) carries."""
+    if isinstance(userdata, bytes):
+        if userdata[:2] == b"\x1f\x8b":
+            try:
+                userdata = gzip.decompress(userdata)
+            except (OSError, EOFError) as exc:
+                raise InputError(f"user data looks gzipped but is not: {exc}") from exc
+        userdata = userdata.decode("utf-8", "replace")
     parts: list[str] = []
     for line in _boothook_text(userdata).splitlines():
         if line.startswith((f"{_MANIFEST_VAR}=", f"{_MANIFEST_VAR}+=")):

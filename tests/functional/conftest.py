@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import gzip
 import json
 import os
 import subprocess
@@ -78,7 +79,10 @@ class Instance:
         self, userdata: Path, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the boothook part of *userdata* the way cloud-init does: bash, cwd /, no stdin."""
-        msg = email.message_from_bytes(userdata.read_bytes())
+        data = userdata.read_bytes()
+        if data[:2] == b"\x1f\x8b":  # cloud-init decompresses gzip user data itself
+            data = gzip.decompress(data)
+        msg = email.message_from_bytes(data)
         part = next(p for p in msg.walk() if p.get_content_type() == "text/cloud-boothook")
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)

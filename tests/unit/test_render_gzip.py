@@ -1,0 +1,50 @@
+"""User data that would pass 16 KB as text is gzipped (cloud-init reads gzip), else refused."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from sealboot.errors import TooLarge
+from sealboot.render import EC2_USERDATA_MAX, inspect, render, render_userdata
+from sealboot_agent.wire import DEFAULT_ROOT, Manifest, native_fragment_names, random_token
+
+
+def _manifest(count: int) -> Manifest:
+    names = native_fragment_names(DEFAULT_ROOT, "default", "c1", "m1", count, random_token())
+    return Manifest(
+        backend="secrets-manager",
+        format="native",
+        fragments=tuple(names),
+        region="eu-west-1",
+        sha256="a" * 64,
+    )
+
+
+def test_small_manifests_stay_readable_text() -> None:
+    m = _manifest(1)
+    data = render_userdata(m)
+    assert data == render(m).encode()
+    assert data.startswith(b"Content-Type: multipart/mixed")
+
+
+def test_large_manifests_are_gzipped_and_still_inspectable() -> None:
+    m = _manifest(60)
+    with pytest.raises(TooLarge):
+        render(m)
+    data = render_userdata(m)
+    assert data[:2] == b"\x1f\x8b"
+    assert len(data) <= EC2_USERDATA_MAX
+    assert gzip.decompress(data).startswith(b"Content-Type: multipart/mixed")
+    assert inspect(data) == m
+
+
+def test_too_large_even_gzipped_is_refused() -> None:
+    # Names with independent random tokens do not compress: 800 of them cannot fit.
+    names = [f"{DEFAULT_ROOT}/default/c1/m1/{random_token()}-0" for _ in range(800)]
+    m = Manifest(
+        backend="secrets-manager", format="native", fragments=tuple(names), sha256="a" * 64
+    )
+    with pytest.raises(TooLarge, match="even gzipped"):
+        render_userdata(m)
