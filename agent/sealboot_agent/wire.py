@@ -22,13 +22,22 @@ from typing import Any
 MANIFEST_VERSION = 1
 
 BACKEND_SECRETS_MANAGER = "secrets-manager"
-BACKENDS = (BACKEND_SECRETS_MANAGER,)
+BACKEND_SSM = "ssm"
+BACKENDS = (BACKEND_SECRETS_MANAGER, BACKEND_SSM)
 
 FORMAT_NATIVE = "native"
 FORMAT_CAPA = "capa"
 FORMATS = (FORMAT_NATIVE, FORMAT_CAPA)
 
 DEFAULT_ROOT = "aws.cluster.x-k8s.io"
+# SSM names are paths; they may not start with "aws" or "ssm", hence CAPA's other root.
+DEFAULT_SSM_ROOT = "/cluster.x-k8s.io"
+# SSM values are text: base64 of the gzip stream, so 3 raw bytes per 4 characters.
+SSM_STANDARD_MAX = 4096
+SSM_ADVANCED_MAX = 8192
+SSM_BATCH_MAX = 10
+SSM_NAME_MAX = 1011
+_SSM_NAME_RE = re.compile(r"^/[A-Za-z0-9/_.-]+\Z")
 
 # Secrets Manager's own ceiling for one SecretBinary value; one fragment holds most user data.
 SECRETS_MANAGER_MAX_VALUE = 65536
@@ -109,7 +118,10 @@ class Manifest:
                 f"manifest names {len(self.fragments)} fragments (limit {MAX_FRAGMENTS})"
             )
         for name in self.fragments:
-            check_secret_name(name)
+            if self.backend == BACKEND_SSM:
+                check_parameter_name(name)
+            else:
+                check_secret_name(name)
         if len(set(self.fragments)) != len(self.fragments):
             raise WireError("manifest names the same fragment twice")
         if self.sha256 is not None and not _SHA256_RE.match(self.sha256):
@@ -228,6 +240,33 @@ def check_secret_name(name: str) -> None:
         raise WireError(
             f"secret name {name!r} has characters Secrets Manager does not allow: {bad!r}"
         )
+
+
+def check_parameter_name(name: str) -> None:
+    """Raise WireError unless *name* is a valid, fully qualified SSM parameter name."""
+    if not name or len(name) > SSM_NAME_MAX or not _SSM_NAME_RE.match(name):
+        raise WireError(f"parameter name {name!r} is not a valid SSM parameter path")
+    first = name.lstrip("/").split("/", 1)[0].lower()
+    if first.startswith(("aws", "ssm")):
+        raise WireError(f"parameter name {name!r} may not start with 'aws' or 'ssm'")
+    if name.count("/") > 15:
+        raise WireError(f"parameter name {name!r} is more than 15 levels deep")
+
+
+def ssm_fragment_names(
+    root: str, namespace: str, cluster: str, machine: str, count: int, token: str
+) -> list[str]:
+    """Names ``<root>/<ns>/<cluster>/<machine>/<token>/<i>`` for *count* SSM fragments."""
+    parts = [
+        "/" + root.strip("/"),
+        name_component("namespace", namespace),
+        name_component("cluster", cluster),
+        name_component("machine", machine),
+    ]
+    names = [f"{'/'.join(parts)}/{token}/{i}" for i in range(count)]
+    for name in names:
+        check_parameter_name(name)
+    return names
 
 
 def check_endpoint_url(url: str) -> None:
