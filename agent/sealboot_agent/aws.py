@@ -39,7 +39,7 @@ class _ImdsV2Provider(CredentialProvider):  # type: ignore[misc]
         )
 
 
-def client_config(deadline: Deadline, max_attempts: int = 2) -> Config:
+def client_config(deadline: Deadline, max_attempts: int = 2, use_fips: bool = False) -> Config:
     """botocore's standard retry mode for a quick retry; the deadline loop in retry.py does
     the rest, so timeouts stay short enough that no call outlives the deadline by much."""
     timeout = max(1.0, min(10.0, deadline.remaining() / 3))
@@ -49,6 +49,7 @@ def client_config(deadline: Deadline, max_attempts: int = 2) -> Config:
         read_timeout=timeout,
         max_pool_connections=20,
         user_agent_extra=f"sealboot-agent/{__version__}",
+        use_fips_endpoint=use_fips,
     )
 
 
@@ -69,10 +70,11 @@ def make_client(
     region: str,
     endpoint_url: str | None,
     deadline: Deadline,
+    use_fips: bool = False,
 ) -> Client:
     return session.create_client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,
-        config=client_config(deadline),
+        config=client_config(deadline, use_fips=use_fips),
     )

@@ -32,7 +32,14 @@ from sealboot_agent.config import (
 )
 from sealboot_agent.errors import EXIT_CODES, AgentError, ManifestError, UsageError
 from sealboot_agent.handoff import HANDOFFS
-from sealboot_agent.wire import REGION_RE, Manifest, WireError, check_endpoint_url
+from sealboot_agent.wire import (
+    BACKEND_SECRETS_MANAGER,
+    BACKENDS,
+    REGION_RE,
+    Manifest,
+    WireError,
+    check_endpoint_url,
+)
 
 log = logging.getLogger("sealboot_agent")
 
@@ -97,6 +104,17 @@ def _add_source_args(parser: argparse.ArgumentParser, *, required: bool) -> None
     )
     src.add_argument("--prefix", help="CAPA-format secrets: the name prefix (with --count)")
     parser.add_argument("--count", type=int, help="CAPA-format secrets: how many fragments")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=BACKEND_SECRETS_MANAGER,
+        help="with --prefix: where CAPA wrote the fragments (default: secrets-manager)",
+    )
+    parser.add_argument(
+        "--use-fips",
+        action="store_true",
+        help="use the FIPS endpoints (also set by 'sealboot seal --use-fips' in the manifest)",
+    )
     parser.add_argument(
         "--region", help="AWS region (default: manifest, then IMDS) [env SEALBOOT_REGION]"
     )
@@ -210,7 +228,9 @@ def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str |
         if args.prefix is not None:
             if args.count is None:
                 raise UsageError("--prefix needs --count")
-            return Manifest.capa(args.prefix, args.count, region=region, endpoint_url=endpoint)
+            return Manifest.capa(
+                args.prefix, args.count, region=region, endpoint_url=endpoint, backend=args.backend
+            )
         if args.count is not None:
             raise UsageError("--count goes with --prefix")
         if args.manifest is None:
@@ -264,6 +284,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
         denied_grace=max(0.0, args.denied_grace),
         cloud_init_instance_id=pick(args.instance_id, env, "instance_id"),
         keep_plaintext=args.keep_plaintext,
+        use_fips=args.use_fips or manifest.use_fips,
         verbose=args.verbose,
         pause_at=pick(None, env, "pause_at"),
     )

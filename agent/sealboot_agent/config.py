@@ -56,6 +56,7 @@ class AgentConfig:
     # cloud-init's instance id (boothooks get it as $INSTANCE_ID); may differ from EC2's.
     cloud_init_instance_id: str | None = None
     keep_plaintext: bool = False
+    use_fips: bool = False
     verbose: int = 0
     # Test hook: stop after saving this phase until killed (crash-safety tests).
     pause_at: str | None = None

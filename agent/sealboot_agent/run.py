@@ -21,7 +21,7 @@ from sealboot_agent.errors import AgentError, DeleteError, ImdsError
 from sealboot_agent.handoff import HANDOFFS, Plan, apply_cloud_init, plan_cloud_init
 from sealboot_agent.imds import Deadline, Imds
 from sealboot_agent.state import State, StateStore, write_durable
-from sealboot_agent.wire import sha256_hex
+from sealboot_agent.wire import BACKEND_SSM, sha256_hex
 
 if TYPE_CHECKING:
     import requests
@@ -157,6 +157,7 @@ def _steps(
     from sealboot_agent.delete import delete_fragments
     from sealboot_agent.fetch import fetch_fragments
     from sealboot_agent.retry import RetryPolicy
+    from sealboot_agent.ssm import delete_parameters, fetch_parameters
 
     manifest = cfg.manifest
     plan: Plan | None = None
@@ -183,23 +184,27 @@ def _steps(
     log.debug("IMDS took %.3fs over %d request(s)", deps.clock() - t0, imds.requests)
     _save(cfg, store, state, "credentials", deps)
 
+    ssm = manifest.backend == BACKEND_SSM
+    fetch = fetch_parameters if ssm else fetch_fragments
+    delete = delete_parameters if ssm else delete_fragments
     if deps.client_factory is not None:
         client = deps.client_factory(region=region, endpoint_url=cfg.effective_endpoint)
     else:
         session = session_from_imds(imds, creds)
         client = make_client(
             session,
-            "secretsmanager",
+            "ssm" if ssm else "secretsmanager",
             region=region,
             endpoint_url=cfg.effective_endpoint,
             deadline=deadline,
+            use_fips=cfg.use_fips,
         )
     if deadline.expired():
         raise ImdsError("the deadline passed while reading instance metadata")
 
     if not resumed:
         t0 = deps.clock()
-        chunks = fetch_fragments(client, manifest.fragments, policy)
+        chunks = fetch(client, manifest.fragments, policy)
         log.info(
             "fetched %d fragment(s), %d bytes, in %.2fs",
             len(chunks),
@@ -225,7 +230,7 @@ def _steps(
         log.info("wrote %s (%d bytes, mode 0600, fsynced)", cfg.output, len(payload))
         _save(cfg, store, state, "written", deps)
 
-    left = delete_fragments(client, manifest.fragments, policy)
+    left = delete(client, manifest.fragments, policy)
     state.left_behind = sorted(left)
     if left:
         detail = "; ".join(f"{n}: {why}" for n, why in sorted(left.items()))

@@ -36,6 +36,8 @@ DEFAULT_SSM_ROOT = "/cluster.x-k8s.io"
 SSM_STANDARD_MAX = 4096
 SSM_ADVANCED_MAX = 8192
 SSM_BATCH_MAX = 10
+# CAPA's controller writes 4000-character slices of the base64 text.
+CAPA_SSM_FRAGMENT_SIZE = 4000
 SSM_NAME_MAX = 1011
 _SSM_NAME_RE = re.compile(r"^/[A-Za-z0-9/_.-]+\Z")
 
@@ -85,6 +87,7 @@ class Manifest:
     size: int | None = None
     raw_size: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    use_fips: bool = False
     v: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
@@ -156,6 +159,8 @@ class Manifest:
                 out[key] = value
         if self.labels:
             out["labels"] = dict(sorted(self.labels.items()))
+        if self.use_fips:
+            out["use_fips"] = True
         return out
 
     def to_json(self) -> str:
@@ -176,6 +181,7 @@ class Manifest:
             "size",
             "raw_size",
             "labels",
+            "use_fips",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -198,6 +204,7 @@ class Manifest:
                 size=data.get("size"),
                 raw_size=data.get("raw_size"),
                 labels=labels,
+                use_fips=data.get("use_fips", False) is True,
             )
         except TypeError as exc:
             raise WireError(f"manifest is malformed: {exc}") from exc
@@ -218,14 +225,17 @@ class Manifest:
         *,
         region: str | None = None,
         endpoint_url: str | None = None,
+        backend: str = BACKEND_SECRETS_MANAGER,
     ) -> Manifest:
-        """The manifest of secrets a stock CAPA controller wrote: ``<prefix>-0 .. -<count-1>``."""
+        """What a stock CAPA controller wrote: ``<prefix>-<i>`` secrets or ``<prefix>/<i>``
+        SSM parameters, for i in 0..count-1."""
         if count < 1:
             raise WireError("--count must be at least 1")
+        sep = "/" if backend == BACKEND_SSM else "-"
         return cls(
-            backend=BACKEND_SECRETS_MANAGER,
+            backend=backend,
             format=FORMAT_CAPA,
-            fragments=tuple(f"{prefix}-{i}" for i in range(count)),
+            fragments=tuple(f"{prefix.rstrip('/')}{sep}{i}" for i in range(count)),
             region=region,
             endpoint_url=endpoint_url,
         )

@@ -24,14 +24,20 @@ _DENIED = {
 }
 
 
-def secrets_client(
-    *, region: str | None, endpoint_url: str | None, max_attempts: int = 8
+def aws_client(
+    service: str,
+    *,
+    region: str | None,
+    endpoint_url: str | None,
+    use_fips: bool = False,
+    max_attempts: int = 8,
 ) -> Client:
+    """A boto3 client with botocore's standard retries (throttling, 5xx, timeouts)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        "secretsmanager",
+        service,
         region_name=region,
         endpoint_url=endpoint_url,
         config=Config(
@@ -39,7 +45,16 @@ def secrets_client(
             connect_timeout=5,
             read_timeout=20,
             user_agent_extra=f"sealboot/{__version__}",
+            use_fips_endpoint=use_fips,
         ),
+    )
+
+
+def secrets_client(
+    *, region: str | None, endpoint_url: str | None, max_attempts: int = 8
+) -> Client:
+    return aws_client(
+        "secretsmanager", region=region, endpoint_url=endpoint_url, max_attempts=max_attempts
     )
 
 

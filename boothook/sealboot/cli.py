@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sealboot.errors import EXIT_CODES, InputError, SealbootError
+from sealboot.errors import EXIT_CODES, InputError, SealbootError, TooLarge
 from sealboot_agent import __version__
-from sealboot_agent.wire import FORMATS, Manifest, WireError
+from sealboot_agent.wire import BACKENDS, FORMATS, Manifest, WireError
 
 log = logging.getLogger("sealboot")
 
@@ -50,7 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     seal = sub.add_parser("seal", help="store user data as fragments; print the EC2 user data")
     seal.add_argument("userdata", metavar="USERDATA_FILE|-", help="the real user data")
-    seal.add_argument("--backend", choices=["secrets-manager"], default="secrets-manager")
+    seal.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="secrets-manager",
+        help="where the fragments go (default: secrets-manager)",
+    )
+    seal.add_argument(
+        "--tier",
+        choices=["standard", "advanced"],
+        default="standard",
+        help="ssm: Standard (4 KB values, free) or Advanced (8 KB values) parameters",
+    )
+    seal.add_argument(
+        "--use-fips",
+        action="store_true",
+        help="use FIPS endpoints here, and tell the agent and the fallback to use them too",
+    )
+    seal.add_argument(
+        "--insecure-skip-secrets-manager",
+        action="store_true",
+        help="do not seal: print the user data unchanged as EC2 user data (for bootstraps "
+        "that are not cloud-init); anyone who can reach IMDS can read it",
+    )
     seal.add_argument("--namespace", required=True, help="Kubernetes namespace of the machine")
     seal.add_argument("--cluster", required=True, help="cluster name")
     seal.add_argument("--machine", required=True, help="machine name")
@@ -144,10 +166,23 @@ def _tags(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
 def _cmd_seal(
     args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO
 ) -> int:
-    from sealboot.render import render_userdata
+    from sealboot.render import EC2_USERDATA_MAX, render_userdata
     from sealboot.seal import SealConfig, seal
 
     data = _read(args.userdata, stdin)
+    if args.insecure_skip_secrets_manager:
+        log.warning(
+            "WARNING: --insecure-skip-secrets-manager: the user data is NOT sealed. It goes into "
+            "EC2 user data in the clear, and anything that can reach the instance metadata "
+            "service can read it for the instance's whole life"
+        )
+        if len(data) > EC2_USERDATA_MAX:
+            raise TooLarge(
+                f"user data is {len(data)} bytes; EC2 accepts at most "
+                f"{EC2_USERDATA_MAX} (sealing has no such limit)"
+            )
+        _write(args.output, data, stdout)
+        return 0
     cfg = SealConfig(
         region=args.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
         endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL"),
@@ -155,6 +190,9 @@ def _cmd_seal(
         tags=_tags(args.tag),
         format=args.format,
         ttl_seconds=args.expires_in,
+        backend=args.backend,
+        tier=args.tier,
+        use_fips=args.use_fips,
     )
     if cfg.region is None:
         raise InputError("no region: pass --region or set AWS_REGION")

@@ -10,27 +10,33 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, error_code, secrets_client, wrap
+from sealboot.aws import Client, aws_client, error_code, wrap
 from sealboot.errors import InputError, SealbootError
 from sealboot_agent import __version__
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
+    BACKEND_SSM,
     CAPA_FRAGMENT_SIZE,
+    CAPA_SSM_FRAGMENT_SIZE,
     DEFAULT_ROOT,
+    DEFAULT_SSM_ROOT,
     FORMAT_CAPA,
     FORMAT_NATIVE,
     MAX_FRAGMENTS,
     SECRETS_MANAGER_MAX_VALUE,
+    SSM_ADVANCED_MAX,
+    SSM_STANDARD_MAX,
     Manifest,
     WireError,
     check_endpoint_url,
@@ -40,6 +46,7 @@ from sealboot_agent.wire import (
     random_token,
     sha256_hex,
     split,
+    ssm_fragment_names,
 )
 
 log = logging.getLogger(__name__)
@@ -69,9 +76,12 @@ class SealConfig:
     kms_key_id: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     format: str = FORMAT_NATIVE
-    root: str = DEFAULT_ROOT
+    root: str | None = None  # default: DEFAULT_ROOT, or DEFAULT_SSM_ROOT for ssm
     ttl_seconds: int = DEFAULT_TTL
     deadline: float = 120.0
+    backend: str = BACKEND_SECRETS_MANAGER
+    tier: str = "standard"  # ssm only: standard (4 KB values) or advanced (8 KB)
+    use_fips: bool = False
 
 
 def _tags(
@@ -94,14 +104,36 @@ def _tags(
 
 
 def _names(cfg: SealConfig, namespace: str, cluster: str, machine: str, count: int) -> list[str]:
+    ssm = cfg.backend == BACKEND_SSM
     try:
         if cfg.format == FORMAT_CAPA:
             # Exactly what a stock CAPA controller writes, so either side can read the other.
+            if ssm:
+                return [f"{DEFAULT_SSM_ROOT}/{uuid.uuid4()}/{i}" for i in range(count)]
             prefix = f"{DEFAULT_ROOT}/{uuid.uuid4()}"
             return [f"{prefix}-{i}" for i in range(count)]
-        return native_fragment_names(cfg.root, namespace, cluster, machine, count, random_token())
+        if ssm:
+            return ssm_fragment_names(
+                cfg.root or DEFAULT_SSM_ROOT, namespace, cluster, machine, count, random_token()
+            )
+        return native_fragment_names(
+            cfg.root or DEFAULT_ROOT, namespace, cluster, machine, count, random_token()
+        )
     except WireError as exc:
         raise InputError(str(exc)) from exc
+
+
+def _chunks(cfg: SealConfig, stream: bytes) -> list[bytes]:
+    """Fragment values: raw gzip slices for Secrets Manager, base64 text slices for SSM."""
+    if cfg.backend != BACKEND_SSM:
+        size = CAPA_FRAGMENT_SIZE if cfg.format == FORMAT_CAPA else SECRETS_MANAGER_MAX_VALUE
+        return split(stream, size)
+    text = base64.b64encode(stream)
+    if cfg.format == FORMAT_CAPA:
+        size = CAPA_SSM_FRAGMENT_SIZE
+    else:
+        size = SSM_ADVANCED_MAX if cfg.tier == "advanced" else SSM_STANDARD_MAX
+    return split(text, size)
 
 
 class _Creator:
@@ -124,22 +156,32 @@ class _Creator:
     def create(
         self, name: str, data: bytes, tags: list[dict[str, str]], index: int, total: int
     ) -> None:
-        kwargs = {
-            "Name": name,
-            "SecretBinary": data,
-            "Tags": tags,
-            "Description": f"sealboot fragment {index + 1}/{total}; deleted at first boot",
-        }
-        if self.cfg.kms_key_id:
-            kwargs["KmsKeyId"] = self.cfg.kms_key_id
+        ssm = self.cfg.backend == BACKEND_SSM
+        description = f"sealboot fragment {index + 1}/{total}; deleted at first boot"
+        kwargs: dict[str, Any] = {"Name": name, "Tags": tags, "Description": description}
+        if ssm:
+            kwargs.update(
+                Value=data.decode("ascii"),
+                Type="SecureString",
+                Tier="Advanced" if self.cfg.tier == "advanced" else "Standard",
+            )
+            if self.cfg.kms_key_id:
+                kwargs["KeyId"] = self.cfg.kms_key_id
+        else:
+            kwargs["SecretBinary"] = data
+            if self.cfg.kms_key_id:
+                kwargs["KmsKeyId"] = self.cfg.kms_key_id
         attempt = 0
         while True:
             try:
-                self.client.create_secret(**kwargs)
+                if ssm:
+                    self.client.put_parameter(**kwargs)
+                else:
+                    self.client.create_secret(**kwargs)
                 self.created.append(name)
                 return
             except ClientError as exc:
-                if error_code(exc) != "ResourceExistsException":
+                if error_code(exc) not in ("ResourceExistsException", "ParameterAlreadyExists"):
                     raise
                 # A timed-out create that did succeed, or a name being recreated: as CAPA does,
                 # force-delete and retry; the delete is asynchronous, so back off.
@@ -156,9 +198,12 @@ class _Creator:
 
     def _force_delete(self, name: str) -> None:
         try:
-            self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+            if self.cfg.backend == BACKEND_SSM:
+                self.client.delete_parameter(Name=name)
+            else:
+                self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
         except ClientError as exc:
-            if error_code(exc) != "ResourceNotFoundException":
+            if error_code(exc) not in ("ResourceNotFoundException", "ParameterNotFound"):
                 raise
 
     def undo(self) -> list[str]:
@@ -214,9 +259,12 @@ def seal(
             f"cluster name {cluster!r} is too long for the CAPA cluster tag "
             f"(at most {_TAG_KEY_MAX - len(CLUSTER_TAG.format(cluster=''))} chars)"
         )
+    if config.backend not in (BACKEND_SECRETS_MANAGER, BACKEND_SSM):
+        raise InputError(f"unknown backend {config.backend!r}; use secrets-manager or ssm")
+    if config.tier not in ("standard", "advanced"):
+        raise InputError(f"unknown SSM tier {config.tier!r}; use standard or advanced")
     stream = gzip_deterministic(userdata)
-    size = CAPA_FRAGMENT_SIZE if config.format == FORMAT_CAPA else SECRETS_MANAGER_MAX_VALUE
-    chunks = split(stream, size)
+    chunks = _chunks(config, stream)
     if len(chunks) > MAX_FRAGMENTS:
         raise InputError(
             f"user data needs {len(chunks)} fragments; a manifest names at most {MAX_FRAGMENTS}"
@@ -224,7 +272,12 @@ def seal(
     names = _names(config, namespace, cluster, machine, len(chunks))
     tags = _tags(cluster, machine, namespace, role, config, wall())
     if client is None:
-        client = secrets_client(region=config.region, endpoint_url=config.endpoint_url)
+        client = aws_client(
+            "ssm" if config.backend == BACKEND_SSM else "secretsmanager",
+            region=config.region,
+            endpoint_url=config.endpoint_url,
+            use_fips=config.use_fips,
+        )
     region = config.region or client.meta.region_name
     creator = _Creator(client, config, clock, sleep)
     try:
@@ -248,8 +301,9 @@ def seal(
         "sealed %d bytes (%d gzipped) into %d fragment(s)", len(userdata), len(stream), len(chunks)
     )
     return Manifest(
-        backend=BACKEND_SECRETS_MANAGER,
+        backend=config.backend,
         format=config.format,
+        use_fips=config.use_fips,
         fragments=tuple(names),
         region=region,
         endpoint_url=config.endpoint_url,

@@ -23,6 +23,8 @@ NODE_ACTIONS = [
     "secretsmanager:BatchGetSecretValue",
     "secretsmanager:DeleteSecret",
     "secretsmanager:DescribeSecret",
+    "ssm:GetParameters",
+    "ssm:DeleteParameters",
 ]
 EC2_TRUST = {
     "Version": "2012-10-17",

@@ -55,7 +55,7 @@ sb_aws() {  # out-file, what, aws args...
         [ "$rc" -eq 0 ] && return 0
         err="$(tr -s '\n' ' ' <"$sb_work/err" | cut -c1-300)"
         case "$err" in
-            *ResourceNotFoundException*)
+            *ResourceNotFoundException*|*ParameterNotFound*)
                 sb_fail 4 "$what: does not exist ($err)" \
                     "re-seal the user data and replace the instance; the other fragments were left in place" ;;
             *AccessDenied*|*DecryptionFailure*)
@@ -124,10 +124,15 @@ sb_fallback() {
     # The manifest was validated when it was sealed: no field can hold a newline.
     mapfile -t fields < <(python3 -I -c 'import json, sys
 m = json.loads(sys.argv[1])
-print("\n".join([m.get("region") or "", m.get("endpoint_url") or "", m.get("sha256") or ""]
-                + m["fragments"]))' "$SEALBOOT_MANIFEST")
-    SEALBOOT_REGION="${fields[0]:-}" SEALBOOT_ENDPOINT_URL="${fields[1]:-}"
-    SEALBOOT_SHA256="${fields[2]:-}" SEALBOOT_FRAGMENTS=("${fields[@]:3}")
+print("\n".join([m["backend"], str(m.get("use_fips", False)), m.get("region") or "",
+                 m.get("endpoint_url") or "", m.get("sha256") or ""] + m["fragments"]))' \
+        "$SEALBOOT_MANIFEST")
+    sb_backend="${fields[0]:-}" SEALBOOT_REGION="${fields[2]:-}"
+    SEALBOOT_ENDPOINT_URL="${fields[3]:-}" SEALBOOT_SHA256="${fields[4]:-}"
+    SEALBOOT_FRAGMENTS=("${fields[@]:5}")
+    if [ "${fields[1]:-}" = True ]; then
+        export AWS_USE_FIPS_ENDPOINT=true
+    fi
     n=${#SEALBOOT_FRAGMENTS[@]}
     [ "$n" -gt 0 ] || sb_fail 2 "the manifest could not be read" "re-render with 'sealboot render'"
     sb_say "INFO: sealboot-agent is not installed; fetching ${n} fragment(s) with the AWS CLI"
@@ -139,12 +144,23 @@ print("\n".join([m.get("region") or "", m.get("endpoint_url") or "", m.get("sha2
     fi
     for ((i = 0; i < n; i++)); do
         frag="${SEALBOOT_FRAGMENTS[$i]}"
-        sb_aws "$sb_work/b64" "fragment $frag" secretsmanager get-secret-value \
-            --secret-id "$frag" --query SecretBinary --output text
-        base64 -d <"$sb_work/b64" >>"$sb_work/stream" ||
-            sb_fail 6 "fragment $frag is not binary data" "re-seal; nothing was deleted"
+        if [ "$sb_backend" = ssm ]; then
+            # SSM values are slices of one base64 text (as CAPA writes them): join, then decode.
+            sb_aws "$sb_work/b64" "fragment $frag" ssm get-parameter --name "$frag" \
+                --with-decryption --query Parameter.Value --output text
+            tr -d '\n' <"$sb_work/b64" >>"$sb_work/text"
+        else
+            sb_aws "$sb_work/b64" "fragment $frag" secretsmanager get-secret-value \
+                --secret-id "$frag" --query SecretBinary --output text
+            base64 -d <"$sb_work/b64" >>"$sb_work/stream" ||
+                sb_fail 6 "fragment $frag is not binary data" "re-seal; nothing was deleted"
+        fi
     done
-    rm -f "$sb_work/b64"
+    if [ "$sb_backend" = ssm ]; then
+        base64 -d <"$sb_work/text" >"$sb_work/stream" ||
+            sb_fail 6 "the fragments are not base64 text" "re-seal; nothing was deleted"
+    fi
+    rm -f "$sb_work/b64" "$sb_work/text"
     if [ -n "$SEALBOOT_SHA256" ]; then
         read -r ids _ < <(sha256sum "$sb_work/stream")
         if [ "$ids" != "$SEALBOOT_SHA256" ]; then
@@ -171,10 +187,16 @@ print("\n".join([m.get("region") or "", m.get("endpoint_url") or "", m.get("sha2
     sb_say "INFO: wrote /var/lib/sealboot/userdata ($size bytes, mode 0600, synced)"
     for frag in "${SEALBOOT_FRAGMENTS[@]}"; do
         rc=0
-        aws secretsmanager delete-secret --secret-id "$frag" --force-delete-without-recovery \
-            --region "$SEALBOOT_REGION" ${SEALBOOT_ENDPOINT_URL:+--endpoint-url "$SEALBOOT_ENDPOINT_URL"} \
-            >/dev/null 2>"$sb_work/err" || rc=$?
-        if [ "$rc" -ne 0 ] && ! grep -q ResourceNotFoundException "$sb_work/err"; then
+        if [ "$sb_backend" = ssm ]; then
+            aws ssm delete-parameter --name "$frag" --region "$SEALBOOT_REGION" \
+                ${SEALBOOT_ENDPOINT_URL:+--endpoint-url "$SEALBOOT_ENDPOINT_URL"} \
+                >/dev/null 2>"$sb_work/err" || rc=$?
+        else
+            aws secretsmanager delete-secret --secret-id "$frag" --force-delete-without-recovery \
+                --region "$SEALBOOT_REGION" ${SEALBOOT_ENDPOINT_URL:+--endpoint-url "$SEALBOOT_ENDPOINT_URL"} \
+                >/dev/null 2>"$sb_work/err" || rc=$?
+        fi
+        if [ "$rc" -ne 0 ] && ! grep -qE 'ResourceNotFoundException|ParameterNotFound' "$sb_work/err"; then
             sb_say "WARNING: could not delete $frag; remove it with 'sealboot delete'"
         fi
     done
