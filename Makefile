@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional system-deps clean help
+.PHONY: setup demo test lint fmt unit functional e2e system-deps clean help
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
@@ -22,11 +22,11 @@ demo: $(STAMP)
 	@$(BIN)/python demo/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent boothook tests demo
-	$(BIN)/ruff format --check agent boothook tests demo
+	$(BIN)/ruff check agent boothook tests demo scripts
+	$(BIN)/ruff format --check agent boothook tests demo scripts
 	$(BIN)/mypy
 	$(BIN)/python scripts/render_sample.py | $(BIN)/shellcheck --shell=bash --severity=style -
-	$(BIN)/shellcheck --severity=style scripts/*.sh .ci/run
+	$(BIN)/shellcheck --severity=style scripts/*.sh scripts/e2e/*.sh .ci/run
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts || true
@@ -38,6 +38,10 @@ system-deps:
 # pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
 test: lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# Real cloud-init in chroots (needs root; caches Debian rootfs under /var/cache/sealboot).
+e2e: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m e2e tests/e2e
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests/unit

@@ -68,6 +68,7 @@ _WHY_NOT = {
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _MERGE_KEY = re.compile(rb"^(merge_how|merge_type)\s*:", re.M)
+_RUNCMD = re.compile(rb"^runcmd\s*:", re.M)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,9 @@ def apply_cloud_init(
         else:
             _run_boothook(part, root, instance_id, index, run)
     if not keep_plaintext:
+        if any(p.kind == "cloud-config" and _RUNCMD.search(p.payload) for p in plan.parts):
+            # cloud-init writes the sealed runcmd to scripts/runcmd; it has run by now.
+            scripts.append(f"/var/lib/cloud/instances/{instance_id}/scripts/runcmd")
         write_durable(
             scripts_dir / CLEANUP_SCRIPT, _cleanup_script(cfg_files, scripts, plaintext), 0o700
         )
@@ -248,6 +252,35 @@ def clear_failure(root: Path, instance_id: str) -> None:
     (instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT).unlink(missing_ok=True)
 
 
+def restart_cloud_init(root: Path) -> None:
+    """CAPA's legacy hand-off: restart cloud-init so its ``#include`` finds the file.
+
+    Known to fail on stock cloud-init: the missing include is a hard error before any boothook
+    runs (20.3+), 24.2 ends in ``error``, and 24.3+ has no unit that a restart re-runs.
+    """
+    if root != Path("/"):
+        log.info("hand-off capa: would restart cloud-init (not under --root %s)", root)
+        return
+    try:
+        # --no-block: a blocking restart from inside cloud-init's own boot deadlocks.
+        res = subprocess.run(
+            ["systemctl", "--no-block", "restart", "cloud-init"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("hand-off capa: could not restart cloud-init: %s", exc)
+        return
+    if res.returncode != 0:
+        log.warning(
+            "hand-off capa: 'systemctl restart cloud-init' failed: %s", res.stderr.strip()[:200]
+        )
+    else:
+        log.info("hand-off capa: asked systemd to restart cloud-init")
+
+
 @dataclass(frozen=True)
 class Handoff:
     """A hand-off mode: where the durable copy goes by default and what is said about it."""
@@ -263,6 +296,12 @@ HANDOFFS: dict[str, Handoff] = {
         PRIVATE_OUTPUT,
         "parts placed for this boot: cloud-config in /etc/cloud/cloud.cfg.d, scripts for "
         "scripts-user, boothooks run now",
+    ),
+    "capa": Handoff(
+        "capa",
+        DEFAULT_OUTPUT,
+        "CAPA's legacy layout: /etc/secret-userdata.txt, then restart cloud-init so its "
+        "#include reads it (fails on stock cloud-init; see README)",
     ),
     "file": Handoff(
         "file",

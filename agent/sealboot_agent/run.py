@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from sealboot_agent import __version__
 from sealboot_agent.config import AgentConfig
 from sealboot_agent.errors import AgentError, DeleteError, ImdsError
-from sealboot_agent.handoff import HANDOFFS, Plan, apply_cloud_init, plan_cloud_init
+from sealboot_agent.handoff import (
+    HANDOFFS,
+    Plan,
+    apply_cloud_init,
+    plan_cloud_init,
+    restart_cloud_init,
+)
 from sealboot_agent.imds import Deadline, Imds
 from sealboot_agent.state import State, StateStore, write_durable
 from sealboot_agent.wire import BACKEND_SSM, sha256_hex
@@ -261,6 +267,8 @@ def _steps(
             plan.count("boothook"),
             "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
         )
+    elif cfg.handoff == "capa":
+        restart_cloud_init(cfg.root)
     else:
         log.info("hand-off %s: %s", handoff.name, handoff.description)
     _save(cfg, store, state, "handed_off", deps)

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="use FIPS endpoints here, and tell the agent and the fallback to use them too",
     )
     seal.add_argument(
+        "--handoff",
+        choices=["cloud-init", "capa"],
+        default="cloud-init",
+        help="how the boothook hands the user data to cloud-init: cloud-init (default) or "
+        "capa (CAPA's legacy include + restart; fails on stock cloud-init, see README)",
+    )
+    seal.add_argument(
         "--insecure-skip-secrets-manager",
         action="store_true",
         help="do not seal: print the user data unchanged as EC2 user data (for bootstraps "
@@ -109,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render user data from a manifest")
     render.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
     render.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    render.add_argument(
+        "--handoff", choices=["cloud-init", "capa"], default="cloud-init", help="as for seal"
+    )
 
     delete = sub.add_parser("delete", help="delete a machine's fragments (idempotent)")
     delete.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
@@ -205,7 +215,7 @@ def _cmd_seal(
         config=cfg,
     )
     try:
-        userdata = render_userdata(manifest)
+        userdata = render_userdata(manifest, args.handoff)
     except SealbootError:
         from sealboot.delete import delete
 
@@ -247,7 +257,8 @@ def main(
         if args.command == "render":
             from sealboot.render import render_userdata
 
-            _write(args.output, render_userdata(_manifest(args.manifest, stdin)), stdout)
+            manifest = _manifest(args.manifest, stdin)
+            _write(args.output, render_userdata(manifest, args.handoff), stdout)
             return 0
         if args.command == "delete":
             from sealboot.delete import delete

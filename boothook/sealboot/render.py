@@ -25,6 +25,9 @@ from sealboot_agent.wire import Manifest, WireError, gzip_deterministic
 log = logging.getLogger(__name__)
 
 EC2_USERDATA_MAX = 16384
+# cloud-init: the default; capa: CAPA's legacy /etc/secret-userdata.txt + include + restart.
+RENDER_HANDOFFS = ("cloud-init", "capa")
+CAPA_USERDATA = "/etc/secret-userdata.txt"
 BOOTHOOK_TYPE = "text/cloud-boothook"
 _MANIFEST_VAR = "SEALBOOT_MANIFEST"
 # Keep every line far below RFC 5322's 998-character limit for 7bit MIME bodies.
@@ -42,9 +45,13 @@ def q(value: str) -> str:
     return shlex.quote(value)
 
 
-def _assignments(manifest: Manifest) -> str:
+def _assignments(manifest: Manifest, handoff: str) -> str:
     text = manifest.to_json()
-    lines = [f"SEALBOOT_VERSION={q(__version__)}", f"SEALBOOT_ID={q(manifest.manifest_id)}"]
+    lines = [
+        f"SEALBOOT_VERSION={q(__version__)}",
+        f"SEALBOOT_ID={q(manifest.manifest_id)}",
+        f"SEALBOOT_HANDOFF={q(handoff)}",
+    ]
     # Single quotes keep '$' and backticks in an endpoint URL as data; shellcheck's SC2016
     # ("expressions don't expand in single quotes") is exactly the point here.
     lines.append("# Every value below is single-quoted: data, never code.")
@@ -58,21 +65,27 @@ def _assignments(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-def render_boothook(manifest: Manifest) -> str:
+def render_boothook(manifest: Manifest, handoff: str = "cloud-init") -> str:
     """The bash boothook for *manifest*, starting with ``#cloud-boothook``."""
     script = _template()
     script = script.replace("@@VERSION@@", __version__)
-    script = script.replace("@@ASSIGNMENTS@@", _assignments(manifest))
+    if handoff not in RENDER_HANDOFFS:
+        raise InputError(f"hand-off {handoff!r} is not one of {', '.join(RENDER_HANDOFFS)}")
+    script = script.replace("@@ASSIGNMENTS@@", _assignments(manifest, handoff))
     if "@@" in script:
         raise AssertionError("boothook template has an unfilled marker")
     return script
 
 
-def _mime(manifest: Manifest) -> str:
+def _mime(manifest: Manifest, handoff: str) -> str:
     outer = MIMEMultipart(boundary=f"==sealboot-{manifest.manifest_id[:16]}==")
-    part = MIMEText(render_boothook(manifest), "cloud-boothook", "us-ascii")
+    part = MIMEText(render_boothook(manifest, handoff), "cloud-boothook", "us-ascii")
     part.add_header("Content-Disposition", "attachment", filename="sealboot.sh")
     outer.attach(part)
+    if handoff == "capa":
+        # CAPA's legacy layout; stock cloud-init 20.3+ refuses the missing file (README).
+        include = MIMEText(f"#include\nfile://{CAPA_USERDATA}\n", "x-include-url", "us-ascii")
+        outer.attach(include)
     return outer.as_string()
 
 
@@ -84,16 +97,16 @@ def _too_large(manifest: Manifest, size: int, how: str) -> TooLarge:
     )
 
 
-def render(manifest: Manifest) -> str:
+def render(manifest: Manifest, handoff: str = "cloud-init") -> str:
     """EC2 user data for *manifest* as text: MIME with one ``text/cloud-boothook`` part."""
-    text = _mime(manifest)
+    text = _mime(manifest, handoff)
     size = len(text.encode())
     if size > EC2_USERDATA_MAX:
         raise _too_large(manifest, size, "as text")
     return text
 
 
-def render_userdata(manifest: Manifest) -> bytes:
+def render_userdata(manifest: Manifest, handoff: str = "cloud-init") -> bytes:
     """The user data bytes: the MIME text, or gzip of it when only that fits in 16 KB.
 
     cloud-init decompresses gzip user data itself, so a manifest naming many fragments still
@@ -102,7 +115,7 @@ def render_userdata(manifest: Manifest) -> bytes:
         >>> render_userdata(manifest)[:13]
         b'Content-Type:'
     """
-    raw = _mime(manifest).encode()
+    raw = _mime(manifest, handoff).encode()
     if len(raw) <= EC2_USERDATA_MAX:
         return raw
     packed = gzip_deterministic(raw)

@@ -76,7 +76,9 @@ def test_cleanup_script_removes_every_plaintext_copy(instance: Instance, tmp_pat
     placed |= {
         "/" + str(p.relative_to(instance.root)) for p in instance.scripts.iterdir() if p != cleanup
     }
-    assert removed == placed | {"/var/lib/sealboot/userdata", "$0"}
+    runcmd = f"/var/lib/cloud/instances/{instance.stack.identity.instance_id}/scripts/runcmd"
+    # CONFIG has a runcmd, which cloud-init copies into scripts/runcmd: that goes too.
+    assert removed == placed | {"/var/lib/sealboot/userdata", "$0", runcmd}
 
 
 def test_gzipped_user_data_is_handed_off(instance: Instance, tmp_path: Path) -> None:
@@ -136,3 +138,19 @@ def test_a_failed_fetch_is_made_visible_then_cleared(instance: Instance, tmp_pat
     sm.put_secret_value(SecretId=name, SecretBinary=good)
     assert instance.boot(sealed.userdata_path).returncode == 0
     assert not failed.exists()
+
+
+def test_capa_handoff_keeps_the_legacy_layout(instance: Instance, tmp_path: Path) -> None:
+    payload = cloud_config()
+    sealed = seal(instance.stack, tmp_path, payload, "--handoff", "capa")
+    rendered = sealed.userdata_path.read_text()
+    assert "Content-Type: text/x-include-url" in rendered
+    assert "file:///etc/secret-userdata.txt" in rendered
+
+    res = instance.boot(sealed.userdata_path)
+
+    assert res.returncode == 0, instance.log
+    assert instance.output.read_bytes() == payload
+    assert instance.cloud_config_parts() == []
+    assert "would restart cloud-init" in instance.log
+    assert secret_names(instance.stack) == []

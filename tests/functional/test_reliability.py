@@ -150,6 +150,29 @@ def test_access_denied_is_retried_inside_the_boot_window(
     assert instance.output.read_bytes() == sealed.payload
 
 
+def _paused_agent(instance: Instance, sealed: Sealed, point: str) -> subprocess.Popen[bytes]:
+    """Start the agent with the test hook and return once it has paused at *point*."""
+    args = [
+        str(BIN / "sealboot-agent"),
+        "fetch",
+        "--manifest",
+        str(sealed.manifest_path),
+        "--root",
+        str(instance.root),
+    ]
+    paused = instance.root / "var/lib/sealboot/paused"
+    proc = subprocess.Popen(
+        args,
+        env=instance.env(SEALBOOT_TEST_PAUSE_AT=point),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    end = time.monotonic() + 30
+    while not paused.exists() and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.02)
+    return proc
+
+
 PAUSE_POINTS = [
     "started",
     "credentials",
@@ -166,29 +189,13 @@ PAUSE_POINTS = [
 def test_sigkill_at_each_phase_then_rerun(point: str, instance: Instance, tmp_path: Path) -> None:
     payload = incompressible(100_000)  # two fragments, so a delete can be half done
     sealed = seal(instance.stack, tmp_path, payload)
-    args = [
-        str(BIN / "sealboot-agent"),
-        "fetch",
-        "--manifest",
-        str(sealed.manifest_path),
-        "--root",
-        str(instance.root),
-    ]
-    paused = instance.root / "var/lib/sealboot/paused"
-    proc = subprocess.Popen(
-        args,
-        env=instance.env(SEALBOOT_TEST_PAUSE_AT=point),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _paused_agent(instance, sealed, point)
     try:
-        end = time.monotonic() + 30
-        while not paused.exists() and time.monotonic() < end and proc.poll() is None:
-            time.sleep(0.02)
-        assert paused.read_text() == point
+        assert (instance.root / "var/lib/sealboot/paused").read_text() == point
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    paused = instance.root / "var/lib/sealboot/paused"
     paused.unlink()
     written = point in ("output-on-disk", "written", "deleted", "handed_off")
     if not written:
@@ -208,25 +215,8 @@ def test_sigkill_at_each_phase_then_rerun(point: str, instance: Instance, tmp_pa
 
 def test_two_runs_never_interleave(instance: Instance, tmp_path: Path) -> None:
     sealed = seal(instance.stack, tmp_path, cloud_config())
-    args = [
-        str(BIN / "sealboot-agent"),
-        "fetch",
-        "--manifest",
-        str(sealed.manifest_path),
-        "--root",
-        str(instance.root),
-    ]
-    paused = instance.root / "var/lib/sealboot/paused"
-    first = subprocess.Popen(
-        args,
-        env=instance.env(SEALBOOT_TEST_PAUSE_AT="fetched"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = _paused_agent(instance, sealed, "fetched")
     try:
-        end = time.monotonic() + 30
-        while not paused.exists() and time.monotonic() < end:
-            time.sleep(0.02)
         second = instance.agent(
             "fetch",
             "--manifest",

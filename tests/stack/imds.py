@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.stack.serve import Background
+
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 _VERSION_RE = re.compile(r"^/(latest|\d{4}-\d{2}-\d{2})(/.*)?$")
@@ -218,7 +220,7 @@ class _Server(ThreadingHTTPServer):
     state: _State
 
 
-class ImdsEmulator:
+class ImdsEmulator(Background):
     """Serve the emulator on a thread; ``hits`` records every request."""
 
     def __init__(
@@ -228,14 +230,10 @@ class ImdsEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ):
-        self.server = _Server((host, port), _Handler)
-        self.server.state = _State(identity=identity, credentials=credentials)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        server = _Server((host, port), _Handler)
+        server.state = _State(identity=identity, credentials=credentials)
+        super().__init__(server)
+        self.server: _Server = server
 
     @property
     def faults(self) -> Faults:
@@ -255,21 +253,6 @@ class ImdsEmulator:
             self.server.state.hits.clear()
             self.server.state.tokens.clear()
         self.server.state.faults = Faults()
-
-    def start(self) -> ImdsEmulator:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> ImdsEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,11 +42,25 @@ class LocalStack:
     """moto server, a fault proxy in front of it, and a strict IMDS emulator serving an
     assumed instance role's credentials."""
 
-    def __init__(self, region: str = "us-east-1", log_dir: Path | None = None):
+    def __init__(
+        self,
+        region: str = "us-east-1",
+        log_dir: Path | None = None,
+        *,
+        moto_host: str = "127.0.0.1",
+        moto_port: int = 0,
+        imds_host: str = "127.0.0.1",
+        imds_port: int = 0,
+        instance_id: str | None = None,
+    ):
         self.region = region
-        self.moto = MotoServer(log=log_dir / "moto.log" if log_dir else None)
+        self.moto = MotoServer(
+            host=moto_host, port=moto_port, log=log_dir / "moto.log" if log_dir else None
+        )
         self.identity = Identity(region=region, availability_zone=f"{region}a")
-        self.imds = ImdsEmulator(self.identity, self._credentials)
+        if instance_id is not None:
+            self.identity.instance_id = instance_id
+        self.imds = ImdsEmulator(self.identity, self._credentials, host=imds_host, port=imds_port)
         self.proxy = FaultProxy(self.moto.url)
         self.admin_keys = dict(ADMIN_ENV)
         self.node_credentials: dict[str, str] = {}

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.stack.serve import Background
+
 # Headers http.client manages itself, or that must not be forwarded hop to hop. Host is kept:
 # it is part of the SigV4 signature that moto checks when IAM enforcement is on.
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
@@ -161,18 +163,14 @@ class _Server(ThreadingHTTPServer):
     state: _State
 
 
-class FaultProxy:
+class FaultProxy(Background):
     """Serve the proxy on a thread; ``calls`` and ``injected`` count what happened."""
 
     def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0):
-        self.server = _Server((host, port), _Handler)
-        self.server.state = _State(upstream=upstream)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        server = _Server((host, port), _Handler)
+        server.state = _State(upstream=upstream)
+        super().__init__(server)
+        self.server: _Server = server
 
     @property
     def faults(self) -> Faults:
@@ -194,18 +192,3 @@ class FaultProxy:
             self.server.state.calls.clear()
             self.server.state.injected.clear()
             self.server.state.buckets.clear()
-
-    def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -218,7 +218,11 @@ sb_place() {
         case "$base" in
             *.cloud-config.*)
                 install -m 0600 "$part" "$cfgdir/99-sealboot-$idx.cfg"
-                placed+=("/etc/cloud/cloud.cfg.d/99-sealboot-$idx.cfg") ;;
+                placed+=("/etc/cloud/cloud.cfg.d/99-sealboot-$idx.cfg")
+                # cloud-init writes a sealed runcmd to scripts/runcmd; it has run by cleanup time.
+                if grep -q '^runcmd[[:space:]]*:' "$part"; then
+                    placed+=("${dir#"$sb_root"}/runcmd")
+                fi ;;
             *.script.*)
                 install -m 0700 "$part" "$dir/sealboot-$idx-${base#*.script.}"
                 placed+=("${dir#"$sb_root"}/sealboot-$idx-${base#*.script.}") ;;
@@ -255,7 +259,7 @@ if [ -z "$sb_agent" ]; then
     exit 69
 fi
 
-sb_args=(fetch --handoff cloud-init --manifest "$SEALBOOT_MANIFEST")
+sb_args=(fetch --handoff "$SEALBOOT_HANDOFF" --manifest "$SEALBOOT_MANIFEST")
 if [ -n "$sb_root" ]; then
     sb_args+=(--root "$sb_root")
 fi

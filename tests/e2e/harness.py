@@ -1,0 +1,605 @@
+"""Simulated EC2 instances that boot through real cloud-init, and the AWS stack they talk to.
+
+The pieces (the classes are context managers that clean up what they started):
+
+- :func:`build_rootfs` runs ``scripts/e2e/rootfs.sh``: a debootstrap'd Debian with cloud-init,
+  cached outside the repository and never written to by a test.
+- :func:`bake_image` is the AMI build: an overlayfs over the rootfs whose upper directory
+  receives the agent (:func:`tests.e2e.agent_install.install_agent`). After unmounting, that
+  upper directory is a read-only *layer* that every instance stacks over the rootfs.
+- :class:`InstanceNetwork` is the instance's network: a :class:`~tests.e2e.netns.NetNamespace`
+  with moto server on 127.0.0.1:5000 and the strict IMDSv2 emulator on 169.254.169.254:80, the
+  addresses the agent uses by default and that the sealed manifest records. Setup calls (IAM,
+  STS, listing secrets) run on the namespace's thread; the ``sealboot`` CLI runs under
+  ``nsenter``.
+- :class:`Instance` is one instance: a private overlayfs (upper and work directories in the
+  test's tmp dir) over the image, a NoCloud seed, and :meth:`Instance.boot`, which runs
+  ``scripts/e2e/boot.sh`` (the four cloud-init stages) under
+  ``nsenter --net=NETNS unshare --mount --uts --ipc --pid --fork``. Booting again is a reboot:
+  ``/run`` is new, ``/var`` is kept, nothing is cleaned. A new instance is a new overlay.
+
+Example::
+
+    >>> image = bake_image(build_rootfs("bookworm"), tmp / "image", wheel_cache)
+    >>> with InstanceNetwork(tmp / "net") as net, Instance(image, tmp / "i-1", net) as inst:
+    ...     inst.seed(b"#cloud-config\\nruncmd: [[touch, /x]]\\n")
+    ...     result = inst.boot()
+    ...     assert result.ok, result.describe()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sealboot_agent.wire import Manifest
+from tests.e2e.agent_install import TargetPython, install_agent, root_python
+from tests.e2e.netns import IMDS_ADDRESS, NetNamespace, tool
+from tests.stack.imds import Hit
+from tests.stack.local import LocalStack
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts" / "e2e"
+BIN = Path(sys.executable).parent
+CACHE = Path(os.environ.get("SEALBOOT_CACHE", "/var/cache/sealboot"))
+SUITES = ("bullseye", "bookworm", "trixie")
+STAGES = ("init-local", "init", "modules-config", "modules-final")
+MOTO_HOST = "127.0.0.1"
+MOTO_PORT = 5000
+MOTO_URL = f"http://{MOTO_HOST}:{MOTO_PORT}"
+REGION = "us-east-1"
+INSTANCE_ID = "i-0123456789abcdef0"
+
+
+@dataclass
+class Timing:
+    """One measured step, for the run's summary."""
+
+    what: str
+    seconds: float
+
+
+TIMINGS: list[Timing] = []
+
+
+def _timed(what: str, start: float) -> float:
+    seconds = time.monotonic() - start
+    TIMINGS.append(Timing(what, seconds))
+    return seconds
+
+
+# --- rootfs and image -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A cached rootfs built by ``scripts/e2e/rootfs.sh``."""
+
+    suite: str
+    path: Path
+    info: dict[str, str]
+    seconds: float
+
+    @property
+    def cloud_init_version(self) -> str:
+        """Debian's package version, e.g. ``22.4.2-1+deb12u4``."""
+        return self.info["cloud-init"]
+
+    @property
+    def python_version(self) -> str:
+        return self.info["python3"]
+
+
+def build_rootfs(suite: str, cache: Path = CACHE) -> Rootfs:
+    """Build or reuse the rootfs for *suite*; fail loudly when the mirror cannot serve it."""
+    start = time.monotonic()
+    res = subprocess.run(
+        [str(SCRIPTS / "rootfs.sh"), suite],
+        env={**os.environ, "SEALBOOT_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"scripts/e2e/rootfs.sh {suite} exited {res.returncode}:\n{res.stderr}")
+    path = Path(res.stdout.strip().splitlines()[-1])
+    info: dict[str, str] = {}
+    for line in (path / ".sealboot-rootfs.info").read_text().splitlines():
+        key, _, value = line.partition(": ")
+        info[key] = value
+    how = "cached" if f"{suite}: cached at" in res.stderr else "built"
+    seconds = _timed(
+        f"rootfs {suite} ({how}; cloud-init {info['cloud-init']}, python3 {info['python3']})",
+        start,
+    )
+    return Rootfs(suite, path, info, seconds)
+
+
+def mount_overlay(lower: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+    """Mount an overlayfs; the first of *lower* is the topmost read-only layer."""
+    for d in (upper, work, target):
+        d.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
+    subprocess.run(
+        [tool("mount"), "-t", "overlay", "overlay", "-o", opts, str(target)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def unmount(target: Path) -> None:
+    res = subprocess.run([tool("umount"), str(target)], capture_output=True, text=True, check=False)
+    if res.returncode != 0 and os.path.ismount(target):
+        # Something still uses it (a process the test left); detach so the tmp dir can go.
+        subprocess.run([tool("umount"), "--lazy", str(target)], capture_output=True, check=False)
+
+
+@dataclass(frozen=True)
+class Image:
+    """What an AMI is here: the cached rootfs plus read-only layers (the installed agent)."""
+
+    rootfs: Rootfs
+    layers: tuple[Path, ...]
+    python: TargetPython | None  # the agent's interpreter, when the agent is installed
+
+    @property
+    def suite(self) -> str:
+        return self.rootfs.suite
+
+    def lowerdirs(self) -> list[Path]:
+        return [*self.layers, self.rootfs.path]
+
+
+def bake_image(rootfs: Rootfs, workdir: Path, wheel_cache: Path | None = None) -> Image:
+    """Install the agent into a new layer over *rootfs*, as an image build would."""
+    start = time.monotonic()
+    layer, work, mnt = workdir / "agent-layer", workdir / "bake-work", workdir / "bake-root"
+    mount_overlay([rootfs.path], layer, work, mnt)
+    try:
+        target = root_python(mnt)
+        cache = wheel_cache or CACHE / "wheels" / f"py{target.short}"
+        install_agent(mnt, target, cache)
+    finally:
+        unmount(mnt)
+    shutil.rmtree(work)
+    mnt.rmdir()
+    _timed(f"image {rootfs.suite} (install the agent)", start)
+    return Image(rootfs, (layer,), target)
+
+
+def plain_image(rootfs: Rootfs) -> Image:
+    """The rootfs as it is, without the agent."""
+    return Image(rootfs, (), None)
+
+
+# --- the images one test run uses ------------------------------------------------------------
+
+
+def e2e_suites() -> list[str]:
+    """The suites the tests boot; a suite the mirror cannot serve fails the run, never skips."""
+    suites = os.environ.get("SEALBOOT_E2E_SUITES", " ".join(SUITES)).split()
+    if not suites:
+        raise ValueError("SEALBOOT_E2E_SUITES is empty; name at least one Debian suite")
+    return suites
+
+
+class Images:
+    """Rootfs and baked images per suite, built once per run on first use."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._rootfs: dict[str, Rootfs] = {}
+        self._baked: dict[str, Image] = {}
+
+    def rootfs(self, suite: str) -> Rootfs:
+        if suite not in self._rootfs:
+            self._rootfs[suite] = build_rootfs(suite)
+        return self._rootfs[suite]
+
+    def plain(self, suite: str) -> Image:
+        """The Debian rootfs with cloud-init and nothing of sealboot."""
+        return plain_image(self.rootfs(suite))
+
+    def with_agent(self, suite: str) -> Image:
+        """The rootfs plus sealboot-agent installed as an image build would."""
+        if suite not in self._baked:
+            self._baked[suite] = bake_image(self.rootfs(suite), self.workdir / suite)
+        return self._baked[suite]
+
+
+# --- the instance's network and the AWS stack ------------------------------------------------
+
+
+@dataclass
+class Sealed:
+    """User data sealed by the real ``sealboot seal``."""
+
+    manifest: Manifest
+    manifest_path: Path
+    userdata_path: Path
+    payload: bytes
+
+    @property
+    def userdata(self) -> bytes:
+        return self.userdata_path.read_bytes()
+
+
+def _instance_stack(region: str, log_dir: Path) -> LocalStack:
+    """A LocalStack whose moto and IMDS listen where a real instance looks for them.
+
+    Must be called on the namespace's thread: the IMDS server binds when it is created.
+    """
+    return LocalStack(
+        region=region,
+        log_dir=log_dir,
+        moto_host=MOTO_HOST,
+        moto_port=MOTO_PORT,
+        imds_host=IMDS_ADDRESS,
+        imds_port=80,
+        instance_id=INSTANCE_ID,
+    )
+
+
+class InstanceNetwork:
+    """A network namespace holding the local AWS stack at an instance's addresses."""
+
+    def __init__(self, workdir: Path, region: str = REGION):
+        self.workdir = workdir
+        self.region = region
+        self.ns = NetNamespace(workdir / "netns")
+        self._stack: LocalStack | None = None
+
+    @property
+    def stack(self) -> LocalStack:
+        if self._stack is None:
+            raise RuntimeError("the instance network is not started")
+        return self._stack
+
+    def start(self) -> InstanceNetwork:
+        start = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ns.open()
+        try:
+            self._stack = self.ns.call(_instance_stack, self.region, self.workdir)
+            self.ns.call(self.stack.start)
+        except BaseException:
+            self.stop()
+            raise
+        _timed("instance network (netns, moto server, IMDS)", start)
+        return self
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            try:
+                self.ns.call(stack.stop)
+            finally:
+                stack.moto.stop()  # idempotent; makes sure the child is gone
+        self.ns.close()
+
+    def __enter__(self) -> InstanceNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """An empty account with a fresh instance role; IMDS forgets its requests and tokens."""
+        self.ns.call(self.stack.reset)
+
+    def imds_hits(self) -> list[Hit]:
+        return self.stack.imds.hits
+
+    def secret_names(self) -> list[str]:
+        def names() -> list[str]:
+            out: list[str] = []
+            for page in self.stack.secrets().get_paginator("list_secrets").paginate():
+                out.extend(s["Name"] for s in page["SecretList"])
+            return sorted(out)
+
+        return self.ns.call(names)
+
+    def sealboot(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """The real ``sealboot`` CLI, as a controller with the admin keys, in the namespace."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/nonexistent",
+            **self.stack.admin_keys,
+        }
+        return subprocess.run(
+            self.ns.command([str(BIN / "sealboot"), *args]),
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def seal(self, payload: bytes, workdir: Path, *extra: str, machine: str = "worker-0") -> Sealed:
+        workdir.mkdir(parents=True, exist_ok=True)
+        src, manifest_path = workdir / "userdata.in", workdir / "manifest.json"
+        out = workdir / "userdata.mime"
+        src.write_bytes(payload)
+        res = self.sealboot(
+            "seal",
+            "--namespace",
+            "default",
+            "--cluster",
+            "e2e",
+            "--machine",
+            machine,
+            "--region",
+            self.region,
+            "--endpoint-url",
+            MOTO_URL,
+            "--manifest-out",
+            str(manifest_path),
+            "-o",
+            str(out),
+            *extra,
+            str(src),
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"sealboot seal exited {res.returncode}: {res.stderr.decode()}")
+        manifest = Manifest.from_json(manifest_path.read_text())
+        return Sealed(manifest, manifest_path, out, payload)
+
+
+# --- instances ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    returncode: int
+    seconds: float
+    output: str
+
+
+@dataclass
+class BootResult:
+    """What one boot left: per-stage exit codes and output, status, and the logs after it."""
+
+    number: int
+    stages: list[StageResult]
+    status_long: str
+    status_returncode: int
+    seconds: float
+    output_log: str
+    cloud_init_log: str
+    out_dir: Path
+    cloud_init_data: dict[str, Any] = field(default_factory=dict)  # status.json, result.json
+
+    @property
+    def returncodes(self) -> dict[str, int]:
+        return {s.name: s.returncode for s in self.stages}
+
+    def stage(self, name: str) -> StageResult:
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def status(self) -> str:
+        """``status:`` of ``cloud-init status --long`` (``done``, ``error``, ...)."""
+        m = re.search(r"^status: (.*)$", self.status_long, re.M)
+        return m.group(1).strip() if m else ""
+
+    @property
+    def extended_status(self) -> str:
+        """cloud-init 23.4+ only: ``done``, ``degraded done``, ..., else the plain status."""
+        m = re.search(r"^extended_status: (.*)$", self.status_long, re.M)
+        return m.group(1).strip() if m else self.status
+
+    @property
+    def ok(self) -> bool:
+        return (
+            [s.name for s in self.stages] == list(STAGES)
+            and all(s.returncode == 0 for s in self.stages)
+            and self.status_returncode == 0
+            and self.extended_status == "done"
+        )
+
+    def describe(self) -> str:
+        """Everything needed to see why a boot went wrong, for assertion messages."""
+        parts = [
+            f"boot {self.number}: {self.returncodes}, status rc {self.status_returncode}",
+            self.status_long,
+            *(f"--- {s.name} output ---\n{s.output[-3000:]}" for s in self.stages),
+            f"--- cloud-init-output.log ---\n{self.output_log[-4000:]}",
+            "--- cloud-init.log WARNING/ERROR lines ---",
+            *warnings(self.cloud_init_log),
+        ]
+        return "\n".join(parts)
+
+
+_PROBLEM_RE = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback")
+
+
+def warnings(cloud_init_log: str) -> list[str]:
+    """Lines of cloud-init.log at WARNING or worse, and tracebacks."""
+    return [line for line in cloud_init_log.splitlines() if _PROBLEM_RE.search(line)]
+
+
+class Instance:
+    """One simulated instance: its own overlayfs over an image, seeded through NoCloud."""
+
+    def __init__(
+        self,
+        image: Image,
+        workdir: Path,
+        network: InstanceNetwork,
+        *,
+        instance_id: str | None = None,
+        hostname: str = "ip-10-0-0-10",
+    ):
+        self.image = image
+        self.workdir = workdir
+        self.network = network
+        # NoCloud's instance id (cloud-init's INSTANCE_ID) is the one IMDS reports.
+        self.instance_id = instance_id or network.stack.identity.instance_id
+        self.hostname = hostname
+        self.root = workdir / "root"
+        self.boots: list[BootResult] = []
+        self._mounted = False
+
+    # lifecycle
+
+    def start(self) -> Instance:
+        mount_overlay(
+            self.image.lowerdirs(), self.workdir / "upper", self.workdir / "work", self.root
+        )
+        self._mounted = True
+        return self
+
+    def close(self) -> None:
+        if self._mounted:
+            unmount(self.root)
+            self._mounted = False
+
+    def __enter__(self) -> Instance:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # files
+
+    def path(self, path: str) -> Path:
+        """*path* inside the instance, as a host path."""
+        return self.root / path.lstrip("/")
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.path(path).read_bytes()
+
+    def read_text(self, path: str) -> str:
+        return self.path(path).read_text(errors="replace")
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(self.path(path))
+
+    def files_under(self, path: str) -> Iterator[Path]:
+        """Every regular file under *path* in the instance."""
+        for p in sorted(self.path(path).rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+    def written_files(self) -> Iterator[tuple[str, Path]]:
+        """``(instance path, host path)`` of every regular file the instance wrote or changed.
+
+        These are the files of the overlay's upper directory: whatever booting left on disk.
+        """
+        upper = self.workdir / "upper"
+        for p in sorted(upper.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                yield "/" + str(p.relative_to(upper)), p
+
+    # NoCloud
+
+    def seed(self, user_data: bytes, *, vendor_data: bytes | None = None) -> None:
+        """Write the NoCloud seed: meta-data (instance id, hostname) and *user_data*."""
+        seed = self.path("/var/lib/cloud/seed/nocloud")
+        seed.mkdir(parents=True, exist_ok=True)
+        meta = f"instance-id: {self.instance_id}\nlocal-hostname: {self.hostname}\n"
+        (seed / "meta-data").write_text(meta)
+        (seed / "user-data").write_bytes(user_data)
+        os.chmod(seed / "user-data", 0o600)
+        if vendor_data is not None:
+            (seed / "vendor-data").write_bytes(vendor_data)
+
+    # running things
+
+    def _namespaced(self, argv: Sequence[str]) -> list[str]:
+        return self.network.ns.command(
+            [
+                tool("unshare"),
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                f"--mount-proc={self.root}/proc",
+                "--",
+                *argv,
+            ]
+        )
+
+    def _run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise TimeoutError(f"{argv} did not finish in {timeout}s:\n{out}\n{err}") from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def chroot(self, argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run *argv* in the instance (chroot, own PID/mount namespaces, its network), no /run."""
+        env = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        return self._run(self._namespaced([tool("chroot"), str(self.root), *env, *argv]), timeout)
+
+    def boot(self, timeout: float = 300) -> BootResult:
+        """Run cloud-init's four stages (a first boot, or a reboot when booted before)."""
+        if not self._mounted:
+            raise RuntimeError("start() the instance first")
+        number = len(self.boots) + 1
+        out = self.workdir / f"boot-{number}"
+        start = time.monotonic()
+        res = self._run(
+            self._namespaced(
+                [tool("bash"), str(SCRIPTS / "boot.sh"), str(self.root), str(out), self.hostname]
+            ),
+            timeout,
+        )
+        seconds = _timed(f"boot {self.image.suite} (four stages)", start)
+        if res.returncode != 0:
+            raise RuntimeError(f"boot.sh exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+        stages = []
+        for line in (out / "stages").read_text().splitlines():
+            name, rc, t0, t1 = line.split()
+            text = (out / f"{name}.out").read_text(errors="replace")
+            stages.append(StageResult(name, int(rc), float(t1) - float(t0), text))
+        # /run/cloud-init/{status,result}.json link to these.
+        run_ci: dict[str, Any] = {}
+        for name in ("status.json", "result.json"):
+            p = self.path(f"/var/lib/cloud/data/{name}")
+            if p.exists():
+                run_ci[name] = json.loads(p.read_text())
+        result = BootResult(
+            number=number,
+            stages=stages,
+            status_long=(out / "status.out").read_text(errors="replace"),
+            status_returncode=int((out / "status.rc").read_text()),
+            seconds=seconds,
+            output_log=self._log("/var/log/cloud-init-output.log"),
+            cloud_init_log=self._log("/var/log/cloud-init.log"),
+            out_dir=out,
+            cloud_init_data=run_ci,
+        )
+        self.boots.append(result)
+        return result
+
+    def _log(self, path: str) -> str:
+        return self.read_text(path) if self.exists(path) else ""
+
+
+NewInstance = Callable[[Image], Instance]
+"""The ``new_instance`` fixture: make (and start) an instance of an image."""
