@@ -395,7 +395,17 @@ def main(
         cfg.manifest.manifest_id,
     )
     try:
-        run_fetch(cfg, Deps())
+        state = run_fetch(cfg, Deps())
+        if cfg.handoff == "stdout":
+            from sealboot_agent.run import handed_over_copy
+
+            data = handed_over_copy(cfg, state)
+            buffer = getattr(stdout, "buffer", None)
+            if buffer is not None:
+                buffer.write(data)
+                buffer.flush()
+            else:
+                stdout.write(data.decode("utf-8", "surrogateescape"))
     except AgentError as exc:
         log.error("%s", exc.message)
         log.error("what to do: %s", exc.advice)

@@ -237,6 +237,12 @@ def _run_boothook(
         path.unlink(missing_ok=True)
 
 
+def schedule_cleanup(root: Path, instance_id: str, paths: list[str]) -> None:
+    """Remove *paths* once the final stage has run (the datasource hand-off's private copy)."""
+    scripts_dir = instance_dir(root, instance_id) / "scripts"
+    write_durable(scripts_dir / CLEANUP_SCRIPT, _cleanup_script([], paths, None), 0o700)
+
+
 def report_failure(root: Path, instance_id: str, message: str) -> None:
     """Make a failed fetch visible in ``cloud-init status`` (a failing user script)."""
     text = (
@@ -302,6 +308,11 @@ HANDOFFS: dict[str, Handoff] = {
         DEFAULT_OUTPUT,
         "CAPA's legacy layout: /etc/secret-userdata.txt, then restart cloud-init so its "
         "#include reads it (fails on stock cloud-init; see README)",
+    ),
+    "stdout": Handoff(
+        "stdout",
+        PRIVATE_OUTPUT,
+        "user data written to standard output for the sealboot cloud-init datasource",
     ),
     "file": Handoff(
         "file",

@@ -24,6 +24,7 @@ from sealboot_agent.handoff import (
     apply_cloud_init,
     plan_cloud_init,
     restart_cloud_init,
+    schedule_cleanup,
 )
 from sealboot_agent.imds import Deadline, Imds
 from sealboot_agent.state import State, StateStore, write_durable
@@ -65,6 +66,22 @@ def _file_sha256(path: Any) -> str | None:
             return sha256_hex(fh.read())
     except OSError:
         return None
+
+
+def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
+    """The verified durable copy, for ``--handoff stdout`` (the datasource reads it)."""
+    from sealboot_agent.errors import StateError
+
+    try:
+        data = cfg.path(cfg.output).read_bytes()
+    except OSError as exc:
+        raise StateError(
+            f"the user data was handed over already and {cfg.output} is gone ({exc.strerror})",
+            hint="cloud-init keeps its own copy for this instance; nothing to fetch again",
+        ) from exc
+    if state.output_sha256 is None or sha256_hex(data) != state.output_sha256:
+        raise StateError(f"{cfg.output} does not match the digest recorded when it was written")
+    return data
 
 
 def cloud_init_instance_id(cfg: AgentConfig) -> str | None:
@@ -267,6 +284,11 @@ def _steps(
             plan.count("boothook"),
             "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
         )
+    elif cfg.handoff == "stdout":
+        iid = cloud_init_instance_id(cfg) or state.instance_id or ""
+        if not cfg.keep_plaintext:
+            schedule_cleanup(cfg.root, iid, [cfg.output])
+        log.info("hand-off stdout: user data goes to cloud-init through the sealboot datasource")
     elif cfg.handoff == "capa":
         restart_cloud_init(cfg.root)
     else:

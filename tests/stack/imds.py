@@ -94,6 +94,25 @@ def _tree(ident: Identity, creds: Callable[[], dict[str, str]]) -> dict[str, Any
             "local-hostname": ident.hostname,
             "local-ipv4": ident.local_ipv4,
             "mac": ident.mac,
+            "network": {
+                "interfaces": {
+                    "macs": {
+                        ident.mac: {
+                            "device-number": "0",
+                            "interface-id": "eni-0123456789abcdef0",
+                            "local-hostname": ident.hostname,
+                            "local-ipv4s": ident.local_ipv4,
+                            "mac": ident.mac,
+                            "owner-id": ident.account_id,
+                            "subnet-id": "subnet-0123456789abcdef0",
+                            "subnet-ipv4-cidr-block": "10.0.0.0/24",
+                            "vpc-id": "vpc-0123456789abcdef0",
+                            "vpc-ipv4-cidr-block": "10.0.0.0/16",
+                            "vpc-ipv4-cidr-blocks": "10.0.0.0/16",
+                        }
+                    }
+                }
+            },
             "placement": {
                 "availability-zone": ident.availability_zone,
                 "region": ident.region,
