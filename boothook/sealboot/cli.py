@@ -1,4 +1,4 @@
-"""Command line of the sealboot toolkit: seal, render, delete, inspect.
+"""Command line of the sealboot toolkit: seal, render, delete, inspect, policy, sweep.
 
 Example::
 
@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from sealboot import policy as policy_cmd
+from sealboot import sweep as sweep_cmd
 from sealboot.errors import EXIT_CODES, InputError, SealbootError, TooLarge
 from sealboot_agent import __version__
 from sealboot_agent.wire import BACKENDS, FORMATS, Manifest, WireError
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete a machine's fragments (idempotent)")
     delete.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
     _common_aws(delete)
+
+    policy_cmd.add_parser(sub)
+    sweep_cmd.add_parser(sub)
+    sweep_cmd.add_tag_instance_parser(sub)
 
     inspect = sub.add_parser("inspect", help="print the manifest carried by rendered user data")
     inspect.add_argument("userdata", metavar="USERDATA_FILE", help="rendered user data, or -")
@@ -271,6 +277,12 @@ def main(
             )
             log.info("%d of %d fragment(s) are gone", len(gone), manifest.count)
             return 0
+        if args.command == "policy":
+            return policy_cmd.run(args, env, stdout, stderr)
+        if args.command == "sweep":
+            return sweep_cmd.run(args, env, stdout, stderr)
+        if args.command == "tag-instance":
+            return sweep_cmd.run_tag_instance(args, env, stdout, stderr)
         if args.command == "inspect":
             from sealboot.render import inspect
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sealboot.errors import InputError
+from sealboot.seal import EXPIRY_TAG
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
@@ -57,8 +58,6 @@ ROLES = (ROLE_NODE, ROLE_CONTROLLER)
 PARTITIONS = ("aws", "aws-us-gov", "aws-cn")
 POLICY_VERSION = "2012-10-17"
 
-# The expiry tag that seal writes on every fragment; the controller may create none without it.
-_EXPIRY_TAG = "sealboot.io/expires-at"
 
 NODE_ACTIONS: dict[str, tuple[str, ...]] = {
     BACKEND_SECRETS_MANAGER: ("secretsmanager:DeleteSecret", "secretsmanager:GetSecretValue"),
@@ -278,7 +277,7 @@ def _kms_statement(scope: Scope, sid: str, actions: tuple[str, ...]) -> dict[str
     return {
         "Sid": sid,
         "Effect": "Allow",
-        "Action": sorted(actions),
+        "Action": sorted(actions) if len(actions) > 1 else actions[0],
         "Resource": scope.kms_key_arn,
         "Condition": {
             "StringEquals": {
@@ -391,7 +390,7 @@ def policy_for(role: str, scope: Scope) -> dict[str, Any]:
                 CONTROLLER_CREATE_ACTIONS[b],
                 scope.fragment_arn(),
                 # Every fragment carries the expiry tag, so sweep can always find leftovers.
-                Condition={"Null": {f"aws:RequestTag/{_EXPIRY_TAG}": "false"}},
+                Condition={"Null": {f"aws:RequestTag/{EXPIRY_TAG}": "false"}},
             )
         )
         statements.append(

@@ -2,8 +2,8 @@
 
 Example::
 
-    >>> report = sweep(secrets=aws_client("secretsmanager", region="eu-west-1", endpoint_url=None),
-    ...                ec2=aws_client("ec2", region="eu-west-1", endpoint_url=None))
+    >>> report = sweep(secrets=make_client("secretsmanager", region="eu-west-1", endpoint_url=None),
+    ...                ec2=make_client("ec2", region="eu-west-1", endpoint_url=None))
     >>> report.counts()["deleted"]
     0
 
@@ -41,8 +41,9 @@ from typing import Any, Callable, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, aws_client, error_code, wrap
+from sealboot.aws import Client, error_code, wrap
 from sealboot.errors import AccessDenied, AwsError, InputError
+from sealboot.seal import CLUSTER_TAG, EXPIRY_TAG, FORMAT_TAG, NAMESPACE_TAG
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
@@ -57,11 +58,7 @@ from sealboot_agent.wire import (
 
 log = logging.getLogger(__name__)
 
-# Kept in step with sealboot.seal (the tags seal writes); duplicated to keep this module standalone.
-CLUSTER_TAG_PREFIX = "sigs.k8s.io/cluster-api-provider-aws/cluster/"
-EXPIRY_TAG = "sealboot.io/expires-at"
-NAMESPACE_TAG = "sealboot.io/namespace"
-FORMAT_TAG = "sealboot.io/format"
+CLUSTER_TAG_PREFIX = CLUSTER_TAG.format(cluster="")
 # Ties a machine's fragments to its instance: written by tag_instance (after RunInstances).
 INSTANCE_TAG = "sealboot.io/instance-id"
 
@@ -466,7 +463,14 @@ def list_parameter_fragments(
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and error_code(exc) == "InvalidResourceId":
                 continue  # deleted since it was listed
-            raise wrap(exc, f"reading the tags of {cand.name}") from exc
+            err = wrap(exc, f"reading the tags of {cand.name}")
+            if isinstance(err, AccessDenied) and cand.format == "capa":
+                # A cluster-scoped controller may not read other names; a CAPA name says no
+                # cluster, so it may be anyone's: leave it alone rather than fail the sweep.
+                log.warning("%s; left alone", err.message)
+                ignored += 1
+                continue
+            raise err from exc
         frag = identify(
             BACKEND_SSM, cand.name, _tag_map(resp.get("TagList")), cand.created, root=root
         )
@@ -814,6 +818,30 @@ class ProgressBar:
             self.stream.flush()
 
 
+def make_client(
+    service: str, *, region: str | None, endpoint_url: str | None, use_fips: bool = False
+) -> Client:
+    """A client like ``sealboot.aws.aws_client`` (standard retries), from a fresh boto3 session,
+    so credentials and ``AWS_ENDPOINT_URL_*`` are read from the environment of this call."""
+    import boto3
+    from botocore.config import Config
+
+    from sealboot_agent import __version__
+
+    return boto3.session.Session().client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 8},
+            connect_timeout=5,
+            read_timeout=20,
+            user_agent_extra=f"sealboot/{__version__}",
+            use_fips_endpoint=use_fips,
+        ),
+    )
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -870,9 +898,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO, stderr
     backends = BACKENDS if args.backend == BACKEND_ALL else (args.backend,)
 
     def client(service: str, endpoint_url: str | None) -> Client:
-        return aws_client(service, region=region, endpoint_url=endpoint_url, use_fips=fips)
+        return make_client(service, region=region, endpoint_url=endpoint_url, use_fips=fips)
 
-    bar = ProgressBar(stderr) if _isatty(stderr) and not args.json else None
+    bar = ProgressBar(stderr) if _isatty(stderr) else None
     try:
         report = sweep(
             secrets=client("secretsmanager", endpoint)
@@ -926,7 +954,7 @@ def run_tag_instance(
         raise InputError(f"cannot read {args.manifest}: {exc.strerror}") from exc
     except (WireError, UnicodeDecodeError) as exc:
         raise InputError(f"{args.manifest}: {exc}") from exc
-    client = aws_client(
+    client = make_client(
         "ssm" if manifest.backend == BACKEND_SSM else "secretsmanager",
         region=args.region or manifest.region or env.get("AWS_REGION"),
         endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL") or manifest.endpoint_url,

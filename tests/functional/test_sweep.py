@@ -297,7 +297,7 @@ def test_ssm_sweep_expired_terminated_live_capa_in_batches_of_ten(aws: LocalStac
     aws.proxy.clear()
 
     report = sw.sweep(
-        ssm=aws.client("ssm", endpoint_url=aws.proxy.url),
+        ssm=_client(aws, "ssm", aws.proxy.url),
         ec2=aws.client("ec2"),
         retry=NO_SLEEP,
         now=_now() + 25 * HOUR,  # past the CAPA default of 24 h
@@ -313,7 +313,8 @@ def test_ssm_sweep_expired_terminated_live_capa_in_batches_of_ten(aws: LocalStac
     assert report.ignored == 1
     assert _params(aws) == sorted([live, stranger])
     assert aws.proxy.calls["DeleteParameters"] == 2, "14 names in batches of at most 10"
-    assert aws.proxy.calls["DescribeParameters"] == 4, "17 parameters, 5 a page"
+    # moto pages DescribeParameters by 10 whatever MaxResults asks: 17 parameters, 2 pages.
+    assert aws.proxy.calls["DescribeParameters"] == 2
 
 
 def _client(stack: LocalStack, service: str, url: str) -> Any:
@@ -324,7 +325,7 @@ def _client(stack: LocalStack, service: str, url: str) -> Any:
         endpoint_url=url,
         aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
     )
 
 
@@ -346,8 +347,8 @@ def test_sweep_paginates_and_survives_throttling(aws: LocalStack) -> None:
 
     assert report.counts()["deleted"] == 5
     assert secret_names(aws) == []
-    assert aws.proxy.injected["ListSecrets"] == 3
-    assert aws.proxy.injected["DeleteSecret"] == 3
+    assert aws.proxy.injected["ListSecrets:throttle"] == 3
+    assert aws.proxy.injected["DeleteSecret:throttle"] == 3
     assert aws.proxy.calls["ListSecrets"] == 3 + 3, "three pages of two, plus three throttled"
     assert len(slept) == 6
     assert all(0 <= s <= sw.Retry().cap for s in slept)
@@ -363,7 +364,7 @@ def test_throttling_past_the_bound_fails_with_a_clear_error(aws: LocalStack) -> 
             ec2=aws.client("ec2"),
             retry=sw.Retry(sleep=lambda _: None, attempts=3),
         )
-    assert aws.proxy.injected["ListSecrets"] == 3
+    assert aws.proxy.injected["ListSecrets:throttle"] == 3
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -495,3 +496,96 @@ def test_run_tag_instance_command(aws: LocalStack, env: dict[str, str], tmp_path
             io.StringIO(),
             io.StringIO(),
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("3600", 3600)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert sw.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5m", "5 parsecs", "1y", "h"])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(InputError):
+        sw.parse_duration(text)
+
+
+def test_identify_only_our_shapes_with_our_tags() -> None:
+    ours = {"sealboot.io/expires-at": "2030-01-01T00:00:00Z"}
+    capa = {"sigs.k8s.io/cluster-api-provider-aws/cluster/c1": "owned", "Name": "m0"}
+    native = f"aws.cluster.x-k8s.io/ns/c1/m0/{TOKEN}-3"
+    frag = sw.identify("secrets-manager", native, ours, None)
+    assert frag is not None
+    assert (frag.format, frag.namespace, frag.cluster, frag.machine) == ("native", "ns", "c1", "m0")
+    assert sw.identify("secrets-manager", native, {}, None) is None
+    capa_name = f"aws.cluster.x-k8s.io/{uuid.uuid4()}-0"
+    got = sw.identify("secrets-manager", capa_name, capa, None)
+    assert got is not None
+    assert (got.format, got.cluster, got.machine) == ("capa", "c1", "m0")
+    assert sw.identify("secrets-manager", capa_name, ours, None) is None, "CAPA shape, no cluster"
+    assert sw.identify("secrets-manager", "other.root/ns/c1/m0/t-0", ours, None) is None
+    assert sw.identify("ssm", f"/cluster.x-k8s.io/{uuid.uuid4()}/0", capa, None) is not None
+    assert sw.identify("ssm", f"/cluster.x-k8s.io/ns/c1/m0/{TOKEN}/0", ours, None) is not None
+
+
+def test_decide_reports_the_first_reason_and_honours_the_grace_period() -> None:
+    now = _now()
+    tags = {
+        "sealboot.io/expires-at": (now - HOUR).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        sw.INSTANCE_TAG: "i-0123456789abcdef0",
+    }
+    frag = sw.Fragment("secrets-manager", "n", "native", now - 2 * HOUR, tags)
+    assert sw.decide(frag, now=now, states={"i-0123456789abcdef0": "terminated"}).reason == (
+        "expired"
+    )
+    fresh = sw.Fragment("secrets-manager", "n", "native", now, {sw.INSTANCE_TAG: "i-01234567"})
+    assert not sw.decide(fresh, now=now, states={"i-01234567": None}).delete
+    later = now + datetime.timedelta(seconds=sw.DEFAULT_INSTANCE_GRACE)
+    assert sw.decide(fresh, now=later, states={"i-01234567": None}).reason == "instance-gone"
+    assert not sw.decide(fresh, now=later, states={"i-01234567": "stopped"}).delete
+    bad = sw.Fragment("secrets-manager", "n", "native", now, {sw.INSTANCE_TAG: "i-$(reboot)"})
+    assert bad.instance_id is None, "a malformed tag ties the fragment to nothing"
+
+
+def test_progress_bar_draws_on_one_line() -> None:
+    stream = io.StringIO()
+    bar = sw.ProgressBar(stream, width=10)
+    bar(0, 4)
+    bar(2, 4)
+    bar(4, 4)
+    bar.close()
+    assert stream.getvalue() == (
+        "\rsweep [..........] 0/4\rsweep [#####.....] 2/4\rsweep [##########] 4/4\n"
+    )
+
+
+def test_ssm_capa_names_whose_tags_are_denied_are_left_alone(aws: LocalStack) -> None:
+    capa = f"/cluster.x-k8s.io/{uuid.uuid4()}/0"
+    _put_param(aws, capa, {"sigs.k8s.io/cluster-api-provider-aws/cluster/other": "owned"})
+    native = f"/cluster.x-k8s.io/{NS}/c1/m/{TOKEN}/0"
+    iam = aws.client("iam")
+    iam.create_user(UserName="scoped")
+    only_describe = {"Effect": "Allow", "Action": "ssm:DescribeParameters", "Resource": "*"}
+    iam.put_user_policy(
+        UserName="scoped",
+        PolicyName="p",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [only_describe]}),
+    )
+    key = iam.create_access_key(UserName="scoped")["AccessKey"]
+    ssm = aws.client(
+        "ssm", AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"]
+    )
+
+    aws.moto.enforce_iam(0)
+    try:
+        report = sw.sweep(ssm=ssm, cluster="c1", now=_now() + 48 * HOUR, retry=NO_SLEEP)
+        assert report.ignored == 1
+        assert report.outcomes == []
+        _put_param(aws, native, _sealboot_tags("c1", _now()))
+        with pytest.raises(AccessDenied, match="reading the tags of"):
+            sw.sweep(ssm=ssm, cluster="c1", retry=NO_SLEEP)
+    finally:
+        aws.moto.enforce_iam(float("inf"))
+    assert _params(aws) == sorted([capa, native])

@@ -358,3 +358,20 @@ def test_run_refuses_bad_flags_with_input_error() -> None:
     args = _parse("--role", "node", "--cluster", "a")
     with pytest.raises(InputError):
         pol.run(args, {}, io.StringIO(), io.StringIO())
+
+
+def test_documented_example_policies_are_what_the_generator_prints() -> None:
+    """Each ``<!-- sealboot policy ARGS -->`` marker is followed by exactly that command's JSON."""
+    import shlex
+
+    pattern = re.compile(r"<!-- sealboot policy (.+?) -->\n```json\n(.*?)\n```", re.S)
+    checked = 0
+    for doc in (ROOT / "README.md", ROOT / "docs/permissions.md"):
+        if not doc.exists():
+            continue
+        for argv, shown in pattern.findall(doc.read_text()):
+            out = io.StringIO()
+            assert pol.run(_parse(*shlex.split(argv)), {}, out, io.StringIO()) == 0
+            assert json.loads(shown) == json.loads(out.getvalue()), f"{doc.name}: {argv}"
+            checked += 1
+    assert checked >= 5
