@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional e2e system-deps clean help
+.PHONY: setup demo test lint fmt unit functional e2e image dist system-deps clean help
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
@@ -22,18 +22,28 @@ demo: $(STAMP)
 	@$(BIN)/python demo/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent boothook tests demo scripts
-	$(BIN)/ruff format --check agent boothook tests demo scripts
+	$(BIN)/ruff check agent boothook tests demo scripts packaging
+	$(BIN)/ruff format --check agent boothook tests demo scripts packaging
 	$(BIN)/mypy
 	$(BIN)/python scripts/render_sample.py | $(BIN)/shellcheck --shell=bash --severity=style -
-	$(BIN)/shellcheck --severity=style scripts/*.sh scripts/e2e/*.sh .ci/run
+	$(BIN)/shellcheck --severity=style scripts/*.sh scripts/e2e/*.sh packaging/*.sh \
+		packaging/scripts/*.sh .ci/run
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts || true
-	$(BIN)/ruff format -q agent boothook tests demo scripts
+	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts packaging || true
+	$(BIN)/ruff format -q agent boothook tests demo scripts packaging
 
 system-deps:
 	@bash scripts/system-deps.sh
+	@bash packaging/system-deps.sh
+
+# The agent artifact (shiv zipapp), .deb and .rpm, in dist/.
+dist: $(STAMP)
+	$(BIN)/python packaging/build_dist.py
+
+# Install into Debian images as Packer would, then testinfra (needs root).
+image: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests/image
 
 # pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
 test: lint system-deps

@@ -505,6 +505,23 @@ class Instance:
 
     # NoCloud
 
+    def prepare_for_ec2_datasource(self) -> None:
+        """What an EC2 boot needs in this chroot beyond the IMDS emulator (not in a real AMI).
+
+        No DNS in the namespace: an empty resolv.conf fails cloud-init's "is the metadata URL
+        resolvable" probe at once instead of after an 18 s timeout. And a real image has a
+        network renderer, which cloud-init 25.1's EC2 network config looks up even with network
+        config disabled: give the chroot ifupdown's files (never run).
+        """
+        self.path("/etc/resolv.conf").write_text("")
+        self.path("/etc/network").mkdir(exist_ok=True)
+        self.path("/etc/network/interfaces").touch()
+        for name in ("ifup", "ifdown", "ifquery"):
+            stub = self.path(f"/usr/sbin/{name}")
+            if not stub.exists():
+                stub.write_text("#!/bin/sh\nexit 0\n")
+                stub.chmod(0o755)
+
     def seed(self, user_data: bytes, *, vendor_data: bytes | None = None) -> None:
         """Write the NoCloud seed: meta-data (instance id, hostname) and *user_data*."""
         seed = self.path("/var/lib/cloud/seed/nocloud")

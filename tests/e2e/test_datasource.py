@@ -37,18 +37,7 @@ def install_datasource(inst: Instance) -> None:
     for src in DATASOURCE_SRC.glob("*.py"):
         shutil.copy(src, target / src.name)
     inst.path("/etc/cloud/cloud.cfg.d/96-sealboot-datasource.cfg").write_text(CONFIG)
-    # No DNS in the test's network namespace: an empty resolv.conf fails cloud-init's
-    # "is the metadata URL resolvable" probe at once instead of after an 18 s timeout.
-    inst.path("/etc/resolv.conf").write_text("")
-    # A real image has a network renderer; cloud-init 25.1's EC2 network config looks one up
-    # even with network config disabled. Give the chroot ifupdown's files (never run).
-    inst.path("/etc/network").mkdir(exist_ok=True)
-    inst.path("/etc/network/interfaces").touch()
-    for tool in ("ifup", "ifdown", "ifquery"):
-        stub = inst.path(f"/usr/sbin/{tool}")
-        if not stub.exists():
-            stub.write_text("#!/bin/sh\nexit 0\n")
-            stub.chmod(0o755)
+    inst.prepare_for_ec2_datasource()
 
 
 def payload(secret: str) -> bytes:
