@@ -35,7 +35,6 @@ fmt: $(STAMP)
 
 system-deps:
 	@bash scripts/system-deps.sh
-	@bash packaging/system-deps.sh
 
 # The agent artifact (shiv zipapp), .deb and .rpm, in dist/.
 dist: $(STAMP)
