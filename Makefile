@@ -5,12 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional e2e image dist system-deps clean help
+.PHONY: setup demo test lint fmt unit functional e2e image dist bench system-deps clean help
+BENCH_ARGS ?=
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
 	@echo "make test   lint + every test"
 	@echo "make lint   ruff, mypy --strict, shellcheck of a rendered boothook"
+	@echo "make bench  boot latency, boot storm, bulk seal, agent footprint (~3 min)"
+	@echo "make dist   agent artifact, .deb and .rpm in dist/"
 
 $(STAMP): pyproject.toml requirements-dev.txt scripts/bootstrap.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -22,16 +25,16 @@ demo: $(STAMP)
 	@$(BIN)/python demo/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent boothook tests demo scripts packaging
-	$(BIN)/ruff format --check agent boothook tests demo scripts packaging
+	$(BIN)/ruff check agent boothook tests demo scripts packaging bench
+	$(BIN)/ruff format --check agent boothook tests demo scripts packaging bench
 	$(BIN)/mypy
 	$(BIN)/python scripts/render_sample.py | $(BIN)/shellcheck --shell=bash --severity=style -
 	$(BIN)/shellcheck --severity=style scripts/*.sh scripts/e2e/*.sh packaging/*.sh \
 		packaging/scripts/*.sh .ci/run
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts packaging || true
-	$(BIN)/ruff format -q agent boothook tests demo scripts packaging
+	$(BIN)/ruff check --fix --unsafe-fixes -q agent boothook tests demo scripts packaging bench || true
+	$(BIN)/ruff format -q agent boothook tests demo scripts packaging bench
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -39,6 +42,10 @@ system-deps:
 # The agent artifact (shiv zipapp), .deb and .rpm, in dist/.
 dist: $(STAMP)
 	$(BIN)/python packaging/build_dist.py
+
+# Boot-path latency, boot storm, bulk seal and agent footprint, side by side (bench/README.md).
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Install into Debian images as Packer would, then testinfra (needs root).
 image: $(STAMP) system-deps

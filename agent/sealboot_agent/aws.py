@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
@@ -53,9 +54,18 @@ def client_config(deadline: Deadline, max_attempts: int = 2, use_fips: bool = Fa
     )
 
 
+class _Loader(botocore.loaders.Loader):  # type: ignore[misc]
+    """botocore's loader, minus the scan of every service directory (hundreds) that it does
+    to validate a service name on each new client: the agent only ever asks for these two."""
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        return ["secretsmanager", "ssm"]
+
+
 def session_from_imds(imds: Imds, initial: RoleCredentials) -> botocore.session.Session:
     """A botocore session whose only credential source is the instance profile via IMDSv2."""
     session = botocore.session.Session()
+    session.register_component("data_loader", _Loader())
     provider = _ImdsV2Provider(
         initial.as_botocore_metadata(), lambda: imds.role_credentials().as_botocore_metadata()
     )

@@ -73,6 +73,9 @@ def _api(headers: Any) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # http.server writes headers and body separately; without this, Nagle holds the body back
+    # until the client's delayed ACK: ~40 ms on every reused keep-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         return
