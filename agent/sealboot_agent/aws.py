@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import botocore.loaders
@@ -62,10 +63,16 @@ class _Loader(botocore.loaders.Loader):  # type: ignore[misc]
         return ["secretsmanager", "ssm"]
 
 
+@functools.lru_cache(maxsize=1)
+def _shared_loader() -> _Loader:
+    """One loader per process, so sessions share its cache of parsed service models."""
+    return _Loader()
+
+
 def session_from_imds(imds: Imds, initial: RoleCredentials) -> botocore.session.Session:
     """A botocore session whose only credential source is the instance profile via IMDSv2."""
     session = botocore.session.Session()
-    session.register_component("data_loader", _Loader())
+    session.register_component("data_loader", _shared_loader())
     provider = _ImdsV2Provider(
         initial.as_botocore_metadata(), lambda: imds.role_credentials().as_botocore_metadata()
     )
