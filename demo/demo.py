@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import email
 import hashlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.payload import cloud_config  # noqa: E402
 from tests.stack.local import LocalStack  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -41,60 +42,14 @@ def fail(text: str) -> None:
     raise SystemExit(1)
 
 
-def pem(kind: str, nbytes: int) -> str:
-    body = base64.b64encode(secrets.token_bytes(nbytes)).decode()
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN {kind}-----\n{lines}\n-----END {kind}-----\n"
-
-
-def kubeadm_cloud_config(token: str) -> bytes:
-    """A kubeadm-style join cloud-config of about 20 KB: CA, keys, certs and a join token."""
-    files = []
-    for path, kind, size in [
-        ("/etc/kubernetes/pki/ca.crt", "CERTIFICATE", 1200),
-        ("/etc/kubernetes/pki/ca.key", "RSA PRIVATE KEY", 1700),
-        ("/etc/kubernetes/pki/etcd/ca.crt", "CERTIFICATE", 1200),
-        ("/etc/kubernetes/pki/etcd/ca.key", "RSA PRIVATE KEY", 1700),
-        ("/etc/kubernetes/pki/front-proxy-ca.crt", "CERTIFICATE", 1200),
-        ("/etc/kubernetes/pki/front-proxy-ca.key", "RSA PRIVATE KEY", 1700),
-        ("/etc/kubernetes/pki/sa.key", "RSA PRIVATE KEY", 1700),
-        ("/etc/kubernetes/pki/sa.pub", "PUBLIC KEY", 400),
-        ("/etc/kubernetes/pki/apiserver-etcd-client.crt", "CERTIFICATE", 1300),
-    ]:
-        content = textwrap.indent(pem(kind, size), "      ")
-        files.append(
-            f"  - path: {path}\n    owner: root:root\n    permissions: '0600'\n"
-            f"    content: |\n{content}"
-        )
-    join = textwrap.dedent(f"""\
-        ---
-        apiVersion: kubeadm.k8s.io/v1beta3
-        kind: JoinConfiguration
-        discovery:
-          bootstrapToken:
-            apiServerEndpoint: 10.0.0.1:6443
-            token: {token}
-            caCertHashes:
-            - sha256:{hashlib.sha256(token.encode()).hexdigest()}
-        nodeRegistration:
-          name: ip-10-0-0-10.ec2.internal
-          kubeletExtraArgs:
-            cloud-provider: external
-        """)
-    files.append(
-        "  - path: /run/kubeadm/kubeadm-join-config.yaml\n    owner: root:root\n"
-        "    permissions: '0640'\n    content: |\n" + textwrap.indent(join, "      ")
-    )
-    doc = "#cloud-config\nwrite_files:\n" + "".join(files)
-    doc += "runcmd:\n  - kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml\n"
-    return doc.encode()
-
-
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sealboot-demo-"))
     root = work / "instance-root"
-    token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"
-    userdata = kubeadm_cloud_config(token)
+    # A kubeadm-style join cloud-config of 20 KB: CA, keys, certificates and a join token.
+    userdata = cloud_config(20 * 1024, seed=secrets.randbelow(1 << 30))
+    match = re.search(rb"token: (\S+)", userdata)
+    assert match is not None
+    token = match.group(1).decode()
     (work / "userdata.yaml").write_bytes(userdata)
     print(f"{BOLD}sealboot demo{RESET} (scratch dir {work})")
 
