@@ -41,7 +41,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
 
 @pytest.fixture(scope="session")
 def system_tools() -> None:
-    how = "run packaging/system-deps.sh (make test does)"
+    how = "run scripts/system-deps.sh (make test does)"
     _need("rpm", how)
     _need("packer", how)
     _need("dpkg-deb", "it comes with dpkg")
