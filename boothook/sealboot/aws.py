@@ -44,7 +44,9 @@ def aws_client(
     from botocore.config import Config
 
     mode = "adaptive" if workers > 1 else "standard"
-    return boto3.client(
+    # A fresh session, not boto3's default one: that caches credentials and endpoint settings
+    # from the first call, which is wrong for a long-lived controller or in-process callers.
+    return boto3.session.Session().client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,

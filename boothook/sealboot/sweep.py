@@ -2,8 +2,8 @@
 
 Example::
 
-    >>> report = sweep(secrets=make_client("secretsmanager", region="eu-west-1", endpoint_url=None),
-    ...                ec2=make_client("ec2", region="eu-west-1", endpoint_url=None))
+    >>> report = sweep(secrets=aws_client("secretsmanager", region="eu-west-1", endpoint_url=None),
+    ...                ec2=aws_client("ec2", region="eu-west-1", endpoint_url=None))
     >>> report.counts()["deleted"]
     0
 
@@ -41,7 +41,7 @@ from typing import Any, Callable, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, error_code, wrap
+from sealboot.aws import Client, aws_client, error_code, wrap
 from sealboot.errors import AccessDenied, AwsError, InputError
 from sealboot.seal import CLUSTER_TAG, EXPIRY_TAG, FORMAT_TAG, NAMESPACE_TAG
 from sealboot_agent.wire import (
@@ -818,30 +818,6 @@ class ProgressBar:
             self.stream.flush()
 
 
-def make_client(
-    service: str, *, region: str | None, endpoint_url: str | None, use_fips: bool = False
-) -> Client:
-    """A client like ``sealboot.aws.aws_client`` (standard retries), from a fresh boto3 session,
-    so credentials and ``AWS_ENDPOINT_URL_*`` are read from the environment of this call."""
-    import boto3
-    from botocore.config import Config
-
-    from sealboot_agent import __version__
-
-    return boto3.session.Session().client(
-        service,
-        region_name=region,
-        endpoint_url=endpoint_url,
-        config=Config(
-            retries={"mode": "standard", "max_attempts": 8},
-            connect_timeout=5,
-            read_timeout=20,
-            user_agent_extra=f"sealboot/{__version__}",
-            use_fips_endpoint=use_fips,
-        ),
-    )
-
-
 def _isatty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -898,7 +874,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO, stderr
     backends = BACKENDS if args.backend == BACKEND_ALL else (args.backend,)
 
     def client(service: str, endpoint_url: str | None) -> Client:
-        return make_client(service, region=region, endpoint_url=endpoint_url, use_fips=fips)
+        return aws_client(service, region=region, endpoint_url=endpoint_url, use_fips=fips)
 
     bar = ProgressBar(stderr) if _isatty(stderr) else None
     try:
@@ -954,7 +930,7 @@ def run_tag_instance(
         raise InputError(f"cannot read {args.manifest}: {exc.strerror}") from exc
     except (WireError, UnicodeDecodeError) as exc:
         raise InputError(f"{args.manifest}: {exc}") from exc
-    client = make_client(
+    client = aws_client(
         "ssm" if manifest.backend == BACKEND_SSM else "secretsmanager",
         region=args.region or manifest.region or env.get("AWS_REGION"),
         endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL") or manifest.endpoint_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -305,11 +306,10 @@ class TestCapaInterop:
             stack.secrets().create_secret(Name=f"{prefix}-{i}", SecretBinary=chunk)
         return prefix, len(chunks)
 
-    def test_agent_reads_a_stock_capa_controllers_secrets(self, instance: Instance) -> None:
-        payload = incompressible(15_000)
-        prefix, count = self._capa_controller_writes(instance.stack, payload)
-
-        res = instance.agent(
+    def _fetch_capa(
+        self, instance: Instance, prefix: str, count: int
+    ) -> subprocess.CompletedProcess[str]:
+        return instance.agent(
             "fetch",
             "--prefix",
             prefix,
@@ -320,6 +320,12 @@ class TestCapaInterop:
             "--region",
             instance.stack.region,
         )
+
+    def test_agent_reads_a_stock_capa_controllers_secrets(self, instance: Instance) -> None:
+        payload = incompressible(15_000)
+        prefix, count = self._capa_controller_writes(instance.stack, payload)
+
+        res = self._fetch_capa(instance, prefix, count)
 
         assert res.returncode == 0, res.stderr
         assert "CAPA format carries no digest" in res.stderr
@@ -333,17 +339,7 @@ class TestCapaInterop:
             SecretId=f"{prefix}-1", SecretBinary=b"\x00" * 7000
         )
 
-        res = instance.agent(
-            "fetch",
-            "--prefix",
-            prefix,
-            "--count",
-            str(count),
-            "--endpoint-url",
-            instance.stack.moto.url,
-            "--region",
-            instance.stack.region,
-        )
+        res = self._fetch_capa(instance, prefix, count)
 
         assert res.returncode == 6
         assert "gzip" in res.stderr
@@ -353,17 +349,7 @@ class TestCapaInterop:
     def test_missing_capa_fragment_is_named(self, instance: Instance) -> None:
         prefix, count = self._capa_controller_writes(instance.stack, incompressible(15_000))
 
-        res = instance.agent(
-            "fetch",
-            "--prefix",
-            prefix,
-            "--count",
-            str(count + 1),
-            "--endpoint-url",
-            instance.stack.moto.url,
-            "--region",
-            instance.stack.region,
-        )
+        res = self._fetch_capa(instance, prefix, count + 1)
 
         assert res.returncode == 4
         assert f"{prefix}-{count}" in res.stderr

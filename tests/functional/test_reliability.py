@@ -26,8 +26,9 @@ from tests.functional.faults import FAULTS, Ctx, Fault, markdown_table
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _run(instance: Instance, sealed: Sealed, ctx: Ctx) -> subprocess.CompletedProcess[str]:
-    args = [
+def _argv(instance: Instance, sealed: Sealed, ctx: Ctx) -> list[str]:
+    """``fetch`` through the fault proxy; a later --endpoint-url in ctx.args wins."""
+    return [
         "fetch",
         "--manifest",
         str(sealed.manifest_path),
@@ -37,6 +38,10 @@ def _run(instance: Instance, sealed: Sealed, ctx: Ctx) -> subprocess.CompletedPr
         instance.stack.proxy.url,
         *ctx.args,
     ]
+
+
+def _run(instance: Instance, sealed: Sealed, ctx: Ctx) -> subprocess.CompletedProcess[str]:
+    args = _argv(instance, sealed, ctx)
     # A later --endpoint-url wins (argparse keeps the last), so faults can override the proxy.
     env = instance.env(**ctx.env)
     return subprocess.run(
@@ -119,16 +124,7 @@ def test_access_denied_is_retried_inside_the_boot_window(
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     # Pretend this boot is young: AccessDenied is retried for ~20 more seconds.
     ctx.args += ["--denied-grace", str(uptime + 20)]
-    args = [
-        "fetch",
-        "--manifest",
-        str(sealed.manifest_path),
-        "--root",
-        str(instance.root),
-        "--endpoint-url",
-        instance.stack.proxy.url,
-        *ctx.args,
-    ]
+    args = _argv(instance, sealed, ctx)
     proc = subprocess.Popen(
         [str(BIN / "sealboot-agent"), *args],
         env=instance.env(),
