@@ -15,6 +15,8 @@ import testinfra
 from tests.e2e.harness import Image, InstanceNetwork
 from tests.image.bake import (
     CACHE_DIR,
+    DS_CFG,
+    DS_PACKAGE,
     PYZ,
     WRAPPER,
     Dist,
@@ -112,6 +114,9 @@ def test_deb_installs_what_install_sh_installs(
         assert package.version == f"{dist.report.version}-1"
         assert host.file(f"{DOCS}/copyright").contains("Apache License")
         assert host.file(f"{DOCS}/README.md").contains("sealboot-agent")
+        # The postinst enabled the datasource, as install.sh does.
+        assert host.file(DS_CFG).contains("datasource_list: \\[Sealboot, None\\]")
+        assert host.file(f"{DS_PACKAGE}/DataSourceSealboot.py").is_file
 
 
 def test_fetch_from_the_deb_installed_artifact(
@@ -127,7 +132,8 @@ def test_deb_removal_leaves_nothing_behind(deb_image: PackagedImage, tmp_path: P
         removed = run(chroot_argv(root, ["dpkg", "--purge", "sealboot-agent"]))
 
         assert removed.returncode == 0, removed.stdout + removed.stderr
-        for path in ("/usr/lib/sealboot", WRAPPER, CACHE_DIR, DOCS):
+        # The datasource goes too: a drop-in naming a missing module would break cloud-init.
+        for path in ("/usr/lib/sealboot", WRAPPER, CACHE_DIR, DOCS, DS_CFG, DS_PACKAGE):
             assert not (root / path.lstrip("/")).exists(), path
 
 
