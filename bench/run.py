@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import procs  # noqa: E402
+from bench.artifact import SYSTEM_PYTHON, installed_agent  # noqa: E402
 from bench.latency import (  # noqa: E402
     AGENT,
     BIN,
@@ -96,10 +97,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "pyinstrument) and save the report next to the results",
     )
     p.add_argument(
+        "--agent",
+        choices=("artifact", "venv"),
+        default="artifact",
+        help="which agent the boots run: 'artifact' (default), this tree built with make dist's "
+        "builder behind install.sh's wrapper on /usr/bin/python3, as an image runs it; or "
+        "'venv', .venv/bin/sealboot-agent (the editable install)",
+    )
+    p.add_argument(
         "--agent-bin",
         type=Path,
-        help="measure this sealboot-agent executable instead of the venv's (e.g. a patched "
-        "copy); the storm still runs the agent package this Python imports",
+        help="measure this sealboot-agent executable instead (e.g. a patched copy); the storm "
+        "still runs the agent package this Python imports",
     )
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
@@ -143,6 +152,19 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _system_python() -> str:
+    try:
+        out = subprocess.run(
+            [SYSTEM_PYTHON, "-I", "-S", "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return f"no {SYSTEM_PYTHON}"
+    return f"{SYSTEM_PYTHON} {out.stdout.strip()}"
+
+
 def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
     import botocore
     import moto
@@ -160,7 +182,9 @@ def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
         "moto": moto.__version__,
         "aws_cli": cli,
         "stack": "stock" if args.stock_stack else "TCP_NODELAY",
-        "agent": str(args.agent_bin) if args.agent_bin else "venv",
+        "agent": str(args.agent_bin)
+        if args.agent_bin
+        else f"{args.agent} ({_system_python() if args.agent == 'artifact' else 'venv'})",
     }
 
 
@@ -303,9 +327,11 @@ def footprint_rows(table: Table, s: Series) -> None:
 
 NOTES = """\
 Boots run the rendered boothook with bash, as cloud-init does: 'agent' with sealboot-agent on
-PATH, 'CLI fallback' with only /usr/bin/aws; same payload, fresh root and fresh fragments each
-run. 'storm N xS': S x the real quotas, every agent clock, sleep and deadline stretched 1/S
-(bench/sim.py), so the quota and not this machine's CPU is the bottleneck; 'real' = measured x S.
+PATH (by default the agent as an image runs it: this tree's artifact behind install.sh's wrapper,
+on /usr/bin/python3), 'CLI fallback' with only /usr/bin/aws; same payload, fresh root and fresh
+fragments each run. 'storm N xS': S x the real quotas, every agent clock, sleep and deadline
+stretched 1/S (bench/sim.py), so the quota and not this machine's CPU is the bottleneck; 'real' =
+measured x S.
 'storm N real-time': the same at the real quotas, unstretched; on a small box it is bound by the
 CPU of N in-process agents, not by the quota (informational). Bounds are N calls / quota; the
 token bucket's one-second burst is not subtracted, so a perfect client can beat them slightly."""
@@ -359,9 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     cli = aws_cli_version()
     results: dict[str, Any] = {"meta": meta(args, cli)}
     table = Table()
-    agent = args.agent_bin or BIN / "sealboot-agent"
-    if not os.access(agent, os.X_OK) or agent.name != "sealboot-agent":
-        print(f"no executable {agent}: run make setup first", file=sys.stderr)
+    if args.agent_bin is None and args.agent == "venv":
+        args.agent_bin = BIN / "sealboot-agent"
+    if args.agent_bin is not None and (
+        not os.access(args.agent_bin, os.X_OK) or args.agent_bin.name != "sealboot-agent"
+    ):
+        print(f"no executable sealboot-agent at {args.agent_bin}", file=sys.stderr)
         return 2
     if cli is None and "latency" in args.sections:
         print(
@@ -372,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stack = BenchStack(work, stock=args.stock_stack)
     try:
+        if args.agent_bin is None and args.sections & {"latency", "footprint"}:
+            print("building the agent artifact (packaging/build_dist.py) ...", flush=True)
+            args.agent_bin = installed_agent(work)
         stack.start()
         # The controller's credentials, for the toolkit's default chain (the bulk seal).
         os.environ.update(stack.controller_env())
@@ -440,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sealboot bench, {m['started']}, commit {m['commit']}: {m['cpus']} CPUs ({m['cpu']}), "
         f"Python {m['python']}, botocore {m['botocore']}, {m['aws_cli'] or 'no AWS CLI'}, "
+        f"agent {m['agent']}, "
         f"moto {m['moto']}, stack {m['stack']}; real quotas "
         + ", ".join(f"{k} {v:g}" for k, v in REAL_QUOTAS.items() if "Parameter" not in k)
         + " TPS"

@@ -58,7 +58,8 @@ BIN = Path(sys.executable).parent
 PYZ_NAME = "sealboot-agent.pyz"
 # shiv's extraction root on the instance; install.sh checks the artifact carries exactly this.
 SHIV_ROOT = "/var/cache/sealboot-agent"
-SHEBANG = "/usr/bin/python3 -I"
+# -IS as in the wrapper (install.sh): the standard library and the bundled dependencies only.
+SHEBANG = "/usr/bin/python3 -IS"
 ENTRY_POINT = "sealboot_agent.cli:entrypoint"
 # The Pythons the artifact must run on (oldest first: the wheels are resolved for it).
 PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")

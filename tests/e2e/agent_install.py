@@ -4,7 +4,8 @@ The root's own ``python3`` runs the agent. Its dependencies (boto3, botocore, re
 are pure wheels resolved for *that* Python (3.9 on Debian 11, 3.11 on 12, 3.13 on 13) and
 installed with ``pip install --target`` into ``/opt/sealboot/lib``, next to the project's
 ``agent/sealboot_agent`` package, so nothing of Debian's python3 packages is replaced. A launcher,
-``/usr/sbin/sealboot-agent``, runs ``python3 -I`` with that directory first on ``sys.path``.
+``/usr/sbin/sealboot-agent``, runs ``python3 -IS`` (as the shipped wrapper does) with that
+directory on ``sys.path``.
 Finally the root's Python byte-compiles the tree, which also proves that the agent and every
 dependency parse on that Python.
 
@@ -38,7 +39,7 @@ AGENT_SRC = REPO / "agent" / "sealboot_agent"
 LIB_DIR = "/opt/sealboot/lib"
 LAUNCHER = "/usr/sbin/sealboot-agent"
 
-LAUNCHER_TEXT = f'''#!/usr/bin/python3 -I
+LAUNCHER_TEXT = f'''#!/usr/bin/python3 -IS
 """sealboot-agent: the agent and its pinned dependencies live in {LIB_DIR}."""
 import sys
 

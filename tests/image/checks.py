@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
@@ -89,6 +90,7 @@ def check_installed(host: Any, dist: Dist, python_version: str) -> None:
     assert py == python_version
     assert f"botocore=={botocore_version}" in pinned_text()
     assert all(f.startswith(f"{site}/") for f in files), files
+    assert foreign_modules(host) == []
     # Anyone can run it from the pre-extracted tree; it does not need to write there.
     nobody = host.run(
         "python3 -I -c 'import os; os.setgroups([]); os.setgid(65534); os.setuid(65534); "
@@ -96,6 +98,31 @@ def check_installed(host: Any, dist: Dist, python_version: str) -> None:
     )
     assert nobody.rc == 0, nobody.stderr
     assert nobody.stdout == version.stdout
+
+
+# Run by the installed agent's own interpreter (SHIV_INTERPRETER=1 through the wrapper): build
+# the clients a fetch builds, which is when botocore and urllib3 look for optional extras, then
+# print every loaded module that comes from neither the standard library nor the artifact.
+FOREIGN_PROBE = """import sys, sysconfig, botocore.session, requests, sealboot_agent.cli
+import sealboot_agent.fetch, sealboot_agent.ssm
+session = botocore.session.get_session()
+for name in ("secretsmanager", "ssm"):
+    session.create_client(name, region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                          aws_secret_access_key="example")
+own = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"],
+       sealboot_agent.__file__.rsplit("/sealboot_agent/", 1)[0], sys.path[0] + "/")
+for name, mod in sorted(sys.modules.items()):
+    path = getattr(mod, "__file__", None)
+    if path and not path.startswith(own):
+        print(name, path)
+"""
+
+
+def foreign_modules(host: Any) -> list[str]:
+    """Modules the installed agent loads from outside the standard library and its artifact."""
+    res = host.run(f"SHIV_INTERPRETER=1 sealboot-agent -c {shlex.quote(FOREIGN_PROBE)}")
+    assert res.rc == 0, res.stderr
+    return [line for line in res.stdout.splitlines() if line.strip()]
 
 
 def pinned_text() -> str:

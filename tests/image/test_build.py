@@ -25,7 +25,7 @@ def site_names(pyz: Path) -> list[str]:
 
 def test_artifact_is_a_shiv_zipapp_that_unpacks_under_var_cache(dist: Dist) -> None:
     raw = dist.pyz.read_bytes()
-    assert raw.startswith(b"#!/usr/bin/python3 -I\n")
+    assert raw.startswith(b"#!/usr/bin/python3 -IS\n")
     with zipfile.ZipFile(dist.pyz) as z:
         env = json.loads(z.read("environment.json"))
         assert "__main__.py" in z.namelist()

@@ -37,7 +37,12 @@ from tests.image.bake import (
     run,
     tree_state,
 )
-from tests.image.checks import check_installed, fetch_with_installed_agent, wrapper_text
+from tests.image.checks import (
+    check_installed,
+    fetch_with_installed_agent,
+    foreign_modules,
+    wrapper_text,
+)
 from tests.image.chroot import CHROOT
 from tests.image.conftest import BakedImages, Rootfses
 
@@ -157,6 +162,28 @@ def test_no_datasource_option_leaves_cloud_init_alone(
         assert res.returncode == 0, res.stderr
         assert "datasource: not enabled (--no-datasource)" in res.stderr
         assert not (root / DS_CFG.lstrip("/")).exists()
+
+
+def test_agent_ignores_the_python_packages_of_the_image(
+    rootfs: Rootfses, dist: Dist, tmp_path: Path
+) -> None:
+    """Debian's awscli brings awscrt and cryptography into site-packages; botocore and urllib3
+    would load them if the agent's interpreter could see them."""
+    with mounted([rootfs("bookworm+awscli").path], tmp_path / "img") as root:
+        shutil.copy(dist.pyz, root / "tmp/sealboot-agent.pyz")
+        shutil.copy(INSTALL_SH, root / "tmp/install.sh")
+        res = subprocess.run(
+            ["chroot", str(root), "/bin/sh", "/tmp/install.sh"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        host = testinfra.get_host(str(root), connection=CHROOT)
+        # The image's own python3 has them: the check below could fail.
+        assert host.run("python3 -I -c 'import awscrt, cryptography'").rc == 0
+
+        assert foreign_modules(host) == []
 
 
 # --- what install.sh refuses, and its options ---------------------------------------------------
