@@ -4,6 +4,7 @@ build's own checks catch what they are there to catch."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 import zipfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from tests.image.bake import CACHE_DIR, Dist, build_dist_into, measured
+from tests.image.bake import CACHE_DIR, Dist, build_dist_cache, build_dist_into, measured
 
 
 def site_names(pyz: Path) -> list[str]:
@@ -60,6 +61,68 @@ def test_botocore_models_are_only_the_services_the_agent_uses(dist: Dist) -> Non
     assert data == {"secretsmanager", "ssm", *build_dist.BOTOCORE_DATA_FILES}
     assert dist.report.services == ["secretsmanager", "ssm"]
     assert dist.report.models_removed > 300
+
+
+# Prints "service region fips endpoint" for every region botocore's table knows, with the
+# artifact's own botocore (sys.argv[1] is its unpacked site-packages).
+RESOLVE = """import json, sys
+sys.path.insert(0, sys.argv[1])
+import botocore.session
+from botocore.config import Config
+session = botocore.session.Session()
+table = session.get_component("data_loader").load_data("endpoints")
+for partition in table["partitions"]:
+    for region in sorted(partition["regions"]):
+        for service in ("secretsmanager", "ssm"):
+            for fips in (False, True):
+                client = session.create_client(
+                    service, region_name=region, aws_access_key_id="a", aws_secret_access_key="b",
+                    config=Config(use_fips_endpoint=fips))
+                print(service, region, fips, client.meta.endpoint_url, client.meta.region_name)
+"""
+
+
+def test_endpoints_table_keeps_only_the_agents_services_and_resolves_the_same(
+    dist: Dist, tmp_path: Path
+) -> None:
+    with zipfile.ZipFile(dist.pyz) as z:
+        z.extractall(tmp_path / "pyz")
+    site = tmp_path / "pyz" / "site-packages"
+    trimmed = json.loads((site / "botocore/data/endpoints.json").read_text())
+    (pin,) = [p for p in build_dist.read_pins() if p.name == "botocore"]
+    with zipfile.ZipFile(build_dist.wheel_for(pin, build_dist_cache())) as wheel:
+        original = json.loads(wheel.read("botocore/data/endpoints.json"))
+    keep = set(dist.report.services)
+    for partition in original["partitions"]:
+        partition["services"] = {k: v for k, v in partition["services"].items() if k in keep}
+    assert trimmed == original
+    assert (site / "botocore/data/endpoints.json").stat().st_size < 64 * 1024
+
+    # The same botocore with its full table (AWS_DATA_PATH comes before its own data).
+    full = tmp_path / "full"
+    full.mkdir()
+    with zipfile.ZipFile(build_dist.wheel_for(pin, build_dist_cache())) as wheel:
+        (full / "endpoints.json").write_bytes(wheel.read("botocore/data/endpoints.json"))
+    resolved = {}
+    for label, env in (("trimmed", {}), ("full", {"AWS_DATA_PATH": str(full)})):
+        res = subprocess.run(
+            ["/usr/bin/python3", "-S", "-c", RESOLVE, str(site)],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        resolved[label] = res.stdout.splitlines()
+    assert len(resolved["trimmed"]) > 100
+    assert resolved["trimmed"] == resolved["full"]
+    gov_fips = "https://secretsmanager-fips.us-gov-west-1.amazonaws.com"
+    assert f"secretsmanager us-gov-west-1 True {gov_fips} us-gov-west-1" in resolved["trimmed"]
+    assert (
+        "ssm cn-north-1 False https://ssm.cn-north-1.amazonaws.com.cn cn-north-1"
+        in resolved["trimmed"]
+    )
 
 
 def test_artifact_is_small(dist: Dist) -> None:
