@@ -44,8 +44,10 @@ def _delete_one(client: Client, name: str, policy: RetryPolicy) -> str | None:
 
 def delete_fragments(client: Client, names: Sequence[str], policy: RetryPolicy) -> dict[str, str]:
     """Delete every fragment (idempotent); return ``{name: reason}`` for those left behind."""
-    if not names:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-        results = list(pool.map(lambda n: _delete_one(client, n, policy), names))
+    if len(names) <= 1:
+        # Most user data is one fragment: no thread to start and join on the boot path.
+        results = [_delete_one(client, n, policy) for n in names]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            results = list(pool.map(lambda n: _delete_one(client, n, policy), names))
     return {name: why for name, why in zip(names, results) if why is not None}
