@@ -239,6 +239,23 @@ def run_latency(
     return out
 
 
+# The agent's own libraries and nothing else: no manifest, no request, no file.
+FLOOR_CODE = "import botocore.session, requests"
+
+
+def run_floor(agent: Path, runs: int) -> Series:
+    """The installed agent's interpreter (same wrapper, flags and extraction, through shiv's
+    interpreter mode) importing botocore and requests and exiting: what any fetch pays first."""
+    env = {"PATH": "/usr/bin:/bin", "SHIV_INTERPRETER": "1"}
+    series = Series("floor", 0)
+    for i in range(runs + 1):
+        m = measured([str(agent), "-c", FLOOR_CODE], env=env, timeout=60)
+        if i:  # the first is a warm-up
+            problem = "" if m.returncode == 0 else f"exit {m.returncode}"
+            series.boots.append(Boot("floor", 0, m, {}, 0, ok=not problem, problem=problem))
+    return series
+
+
 def run_footprint(
     stack: BenchStack, work: Path, *, size: int, runs: int, agent: Path | None = None
 ) -> Series:

@@ -37,8 +37,10 @@ from bench.latency import (  # noqa: E402
     AGENT,
     BIN,
     CLI,
+    FLOOR_CODE,
     Series,
     aws_cli_version,
+    run_floor,
     run_footprint,
     run_latency,
 )
@@ -191,7 +193,7 @@ def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
 # -- the table -------------------------------------------------------------------------------
 
 
-def latency_rows(table: Table, series: list[Series]) -> None:
+def latency_rows(table: Table, series: list[Series], floor: Series | None = None) -> None:
     by = {(s.mode, s.size): s for s in series}
     for size in sorted({s.size for s in series}):
         label = f"{size // KB} KB"
@@ -225,6 +227,17 @@ def latency_rows(table: Table, series: list[Series]) -> None:
             )
         elif judged:
             table.add("1", f"boot {label}: agent speed-up", "not measured", target=">= 10x")
+        if judged and floor is not None and not floor.failures:
+            sm = floor.summary()
+            budget = (
+                f"{secs(cli.median / RATIO_TARGET)} = CLI median / {RATIO_TARGET:g}" if cli else ""
+            )
+            table.add(
+                "1",
+                f"floor: agent interpreter + import botocore, requests; median of {sm['runs']}",
+                spread(sm["wall_median"], sm["wall_min"], sm["wall_max"]),
+                reference=f"{RATIO_TARGET:g}x needs a boot under {budget}" if budget else "",
+            )
         if judged:
             table.add(
                 "1",
@@ -401,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stack = BenchStack(work, stock=args.stock_stack)
     try:
-        if args.agent_bin is None and args.sections & {"latency", "footprint"}:
+        artifact = args.agent_bin is None
+        if artifact and args.sections & {"latency", "footprint"}:
             print("building the agent artifact (packaging/build_dist.py) ...", flush=True)
             args.agent_bin = installed_agent(work)
         stack.start()
@@ -419,7 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                 agent=args.agent_bin,
             )
             results["latency"] = [s.summary() for s in series]
-            latency_rows(table, series)
+            floor = run_floor(args.agent_bin, args.runs) if artifact else None
+            if floor is not None:
+                results["floor"] = {"code": FLOOR_CODE, **floor.summary()}
+            latency_rows(table, series, floor)
         if "storm" in args.sections:
             results["storm"] = []
             print(
