@@ -342,9 +342,9 @@ NOTES = """\
 Boots run the rendered boothook with bash, as cloud-init does: 'agent' with sealboot-agent on
 PATH (by default the agent as an image runs it: this tree's artifact behind install.sh's wrapper,
 on /usr/bin/python3), 'CLI fallback' with only /usr/bin/aws; same payload, fresh root and fresh
-fragments each run. 'storm N xS': S x the real quotas, every agent clock, sleep and deadline
-stretched 1/S (bench/sim.py), so the quota and not this machine's CPU is the bottleneck; 'real' =
-measured x S.
+fragments each run. 'floor': that agent's interpreter importing botocore and requests, no work.
+'storm N xS': S x the real quotas, every agent clock, sleep and deadline stretched 1/S
+(bench/sim.py), so the quota and not this machine's CPU is the bottleneck; 'real' = measured x S.
 'storm N real-time': the same at the real quotas, unstretched; on a small box it is bound by the
 CPU of N in-process agents, not by the quota (informational). Bounds are N calls / quota; the
 token bucket's one-second burst is not subtracted, so a perfect client can beat them slightly."""
