@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +26,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 def wrapper_for(pyz: Path, extract_to: Path, python: str = SYSTEM_PYTHON) -> str:
     """install.sh's wrapper for *python*, pointed at *pyz* and a private extraction root."""
-    text = subprocess.run(
-        ["sh", str(build_dist.INSTALL_SH), "--python", python, "--print-wrapper"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    text = build_dist.wrapper_text(python)
     lines = text.splitlines()
     execs = [i for i, line in enumerate(lines) if line.startswith("exec ")]
     if lines[0] != "#!/bin/sh" or len(execs) != 1 or IMAGE_PYZ not in lines[execs[0]]:
@@ -47,11 +40,7 @@ def wrapper_for(pyz: Path, extract_to: Path, python: str = SYSTEM_PYTHON) -> str
 def installed_agent(work: Path, python: str = SYSTEM_PYTHON) -> Path:
     """Build the artifact, install its wrapper under *work*, unpack and compile it once."""
     base = work / "agent"
-    build_dist.build(
-        base / "dist",
-        Path(os.environ.get("SEALBOOT_CACHE", "/var/cache/sealboot")) / "wheels" / "agent",
-        packages=False,
-    )
+    build_dist.build(base / "dist", build_dist.default_wheel_cache(), packages=False)
     pyz = base / "dist" / build_dist.PYZ_NAME
     cache = base / "cache"
     agent = base / "bin" / "sealboot-agent"

@@ -510,10 +510,15 @@ def build_pyz(site: Path, out: Path, epoch: int) -> None:
     out.chmod(0o755)
 
 
-def wrapper_text() -> str:
-    """/usr/sbin/sealboot-agent, as install.sh writes it (one source for both)."""
+def default_wheel_cache() -> Path:
+    """``$SEALBOOT_CACHE/wheels/agent`` (default /var/cache/sealboot/wheels/agent)."""
+    return Path(os.environ.get("SEALBOOT_CACHE", "/var/cache/sealboot")) / "wheels" / "agent"
+
+
+def wrapper_text(python: str = "/usr/bin/python3") -> str:
+    """/usr/sbin/sealboot-agent, as install.sh writes it for *python* (one source for both)."""
     res = subprocess.run(
-        ["sh", str(INSTALL_SH), "--print-wrapper"],
+        ["sh", str(INSTALL_SH), "--python", python, "--print-wrapper"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -641,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path(os.environ.get("SEALBOOT_CACHE", "/var/cache/sealboot")) / "wheels" / "agent",
+        default=default_wheel_cache(),
         help="wheel cache (default $SEALBOOT_CACHE/wheels/agent)",
     )
     parser.add_argument("--no-packages", action="store_true", help="build the .pyz only")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def build_dist_into(out: Path) -> Dist:
 
 
 def build_dist_cache() -> Path:
-    return Path(os.environ.get("SEALBOOT_CACHE", "/var/cache/sealboot")) / "wheels" / "agent"
+    return build_dist.default_wheel_cache()
 
 
 # --- measurements, for the run's summary ------------------------------------------------------

@@ -16,9 +16,10 @@ import secrets
 import shlex
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
+
+import build_dist
 
 from tests.e2e.harness import Image, Instance, InstanceNetwork
 from tests.image.bake import CACHE_DIR, INSTALL_SH, PYZ, WRAPPER, Dist, measured
@@ -29,17 +30,6 @@ RSS_PROBE = """import resource, subprocess, sys
 rc = subprocess.run(sys.argv[1:]).returncode
 print("peak-rss-kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.exit(rc)"""
-
-
-def wrapper_text(python: str = "/usr/bin/python3") -> str:
-    res = subprocess.run(
-        ["sh", str(INSTALL_SH), "--python", python, "--print-wrapper"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return res.stdout
 
 
 def check_installed(host: Any, dist: Dist, python_version: str) -> None:
@@ -54,7 +44,7 @@ def check_installed(host: Any, dist: Dist, python_version: str) -> None:
     wrapper = host.file(WRAPPER)
     assert wrapper.is_file
     assert (wrapper.mode, wrapper.user, wrapper.group) == (0o755, "root", "root")
-    assert wrapper.content_string == wrapper_text()
+    assert wrapper.content_string == build_dist.wrapper_text()
     for path in ("/usr/lib/sealboot", CACHE_DIR):
         d = host.file(path)
         assert d.is_directory, path

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import build_dist
 import pytest
 import testinfra
 
@@ -41,7 +42,6 @@ from tests.image.checks import (
     check_installed,
     fetch_with_installed_agent,
     foreign_modules,
-    wrapper_text,
 )
 from tests.image.chroot import CHROOT
 from tests.image.conftest import BakedImages, Rootfses
@@ -270,7 +270,7 @@ def test_python_option_picks_the_interpreter(rootfs: Rootfses, dist: Dist, tmp_p
 
         assert res.returncode == 0, res.stderr
         assert "(/usr/bin/python3.11)" in res.stderr
-        assert host.file(WRAPPER).content_string == wrapper_text("/usr/bin/python3.11")
+        assert host.file(WRAPPER).content_string == build_dist.wrapper_text("/usr/bin/python3.11")
         assert (
             host.check_output("sealboot-agent --version") == f"sealboot-agent {dist.report.version}"
         )
