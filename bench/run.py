@@ -167,6 +167,14 @@ def _system_python() -> str:
     return f"{SYSTEM_PYTHON} {out.stdout.strip()}"
 
 
+def _agent_label(args: argparse.Namespace) -> str:
+    if not args.sections & {"latency", "footprint"}:
+        return "in-process only (storm)"
+    if args.agent_bin:
+        return str(args.agent_bin)
+    return f"{args.agent} ({_system_python() if args.agent == 'artifact' else 'venv'})"
+
+
 def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
     import botocore
     import moto
@@ -184,9 +192,7 @@ def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
         "moto": moto.__version__,
         "aws_cli": cli,
         "stack": "stock" if args.stock_stack else "TCP_NODELAY",
-        "agent": str(args.agent_bin)
-        if args.agent_bin
-        else f"{args.agent} ({_system_python() if args.agent == 'artifact' else 'venv'})",
+        "agent": _agent_label(args),
     }
 
 

@@ -5,7 +5,8 @@ The pieces (the classes are context managers that clean up what they started):
 - :func:`build_rootfs` runs ``scripts/e2e/rootfs.sh``: a debootstrap'd Debian with cloud-init,
   cached outside the repository and never written to by a test.
 - :func:`bake_image` is the AMI build: an overlayfs over the rootfs whose upper directory
-  receives the agent (:func:`tests.e2e.agent_install.install_agent`). After unmounting, that
+  receives the agent, ``make dist``'s artifact installed by ``packaging/install.sh``
+  (:func:`tests.e2e.agent_install.install_agent`). After unmounting, that
   upper directory is a read-only *layer* that every instance stacks over the rootfs.
 - :class:`InstanceNetwork` is the instance's network: a :class:`~tests.e2e.netns.NetNamespace`
   with moto server on 127.0.0.1:5000 and the strict IMDSv2 emulator on 169.254.169.254:80, the
@@ -20,7 +21,7 @@ The pieces (the classes are context managers that clean up what they started):
 
 Example::
 
-    >>> image = bake_image(build_rootfs("bookworm"), tmp / "image", wheel_cache)
+    >>> image = bake_image(build_rootfs("bookworm"), tmp / "image", build_artifact(tmp / "dist"))
     >>> with InstanceNetwork(tmp / "net") as net, Instance(image, tmp / "i-1", net) as inst:
     ...     inst.seed(b"#cloud-config\\nruncmd: [[touch, /x]]\\n")
     ...     result = inst.boot()
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from sealboot_agent.wire import Manifest
-from tests.e2e.agent_install import TargetPython, install_agent, root_python
+from tests.e2e.agent_install import TargetPython, build_artifact, install_agent, root_python
 from tests.e2e.netns import IMDS_ADDRESS, NetNamespace, tool
 from tests.stack.imds import Hit
 from tests.stack.local import LocalStack
@@ -162,15 +163,15 @@ class Image:
         return [*self.layers, self.rootfs.path]
 
 
-def bake_image(rootfs: Rootfs, workdir: Path, wheel_cache: Path | None = None) -> Image:
-    """Install the agent into a new layer over *rootfs*, as an image build would."""
+def bake_image(rootfs: Rootfs, workdir: Path, pyz: Path) -> Image:
+    """Install the agent artifact *pyz* into a new layer over *rootfs*, as an image build
+    would (packaging/install.sh)."""
     start = time.monotonic()
     layer, work, mnt = workdir / "agent-layer", workdir / "bake-work", workdir / "bake-root"
     mount_overlay([rootfs.path], layer, work, mnt)
     try:
         target = root_python(mnt)
-        cache = wheel_cache or CACHE / "wheels" / f"py{target.short}"
-        install_agent(mnt, target, cache)
+        install_agent(mnt, pyz)
     finally:
         unmount(mnt)
     shutil.rmtree(work)
@@ -202,6 +203,7 @@ class Images:
         self.workdir = workdir
         self._rootfs: dict[str, Rootfs] = {}
         self._baked: dict[str, Image] = {}
+        self._pyz: Path | None = None
 
     def rootfs(self, suite: str) -> Rootfs:
         if suite not in self._rootfs:
@@ -215,7 +217,11 @@ class Images:
     def with_agent(self, suite: str) -> Image:
         """The rootfs plus sealboot-agent installed as an image build would."""
         if suite not in self._baked:
-            self._baked[suite] = bake_image(self.rootfs(suite), self.workdir / suite)
+            if self._pyz is None:
+                start = time.monotonic()
+                self._pyz = build_artifact(self.workdir / "dist")
+                _timed("agent artifact (packaging/build_dist.py)", start)
+            self._baked[suite] = bake_image(self.rootfs(suite), self.workdir / suite, self._pyz)
         return self._baked[suite]
 
 

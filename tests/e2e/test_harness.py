@@ -156,14 +156,16 @@ def test_agent_runs_on_the_rootfs_python(
 
     version = inst.chroot(["sealboot-agent", "--version"])
     status = inst.chroot(["sealboot-agent", "status"])
+    # The artifact's interpreter mode: the same wrapper, interpreter and extraction as a fetch.
     which = inst.chroot(
         [
-            "python3",
-            "-I",
+            "env",
+            "SHIV_INTERPRETER=1",
+            "sealboot-agent",
             "-c",
-            "import sys, platform; sys.path.insert(0, '/opt/sealboot/lib'); "
-            "import boto3, sealboot_agent.cli; "
-            "print(platform.python_version(), boto3.__file__, sealboot_agent.cli.__file__)",
+            "import sys, platform, botocore, sealboot_agent.cli; "
+            "print(platform.python_version(), sys.executable, botocore.__file__, "
+            "sealboot_agent.cli.__file__)",
         ]
     )
 
@@ -171,10 +173,13 @@ def test_agent_runs_on_the_rootfs_python(
     assert re.fullmatch(r"sealboot-agent \S+\n", version.stdout), version.stdout
     assert status.returncode == 0, status.stdout + status.stderr
     assert which.returncode == 0, which.stderr
-    py, boto3_file, agent_file = which.stdout.split()
+    py, executable, botocore_file, agent_file = which.stdout.split()
     assert py == image.rootfs.python_version
-    assert boto3_file.startswith("/opt/sealboot/lib/boto3/")
-    assert agent_file.startswith("/opt/sealboot/lib/sealboot_agent/")
+    assert executable == "/usr/bin/python3"
+    extracted = "/var/cache/sealboot-agent/sealboot-agent.pyz_"
+    assert botocore_file.startswith(extracted), botocore_file
+    assert agent_file.startswith(extracted), agent_file
+    assert not inst.path("/etc/cloud/cloud.cfg.d/96-sealboot-datasource.cfg").exists()
 
 
 # --- sealed user data ---------------------------------------------------------------------------

@@ -19,22 +19,20 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.agent_install import TargetPython
+from tests.e2e.agent_install import (
+    TargetPython,
+    build_dist,
+    clean_tmp,
+    provision,
+    run,
+)
 from tests.e2e.harness import Image, Rootfs, mount_overlay, unmount
-from tests.e2e.netns import SYSTEM_PATH, tool
-
-REPO = Path(__file__).resolve().parents[2]
-PACKAGING = REPO / "packaging"
-INSTALL_SH = PACKAGING / "install.sh"
-sys.path.insert(0, str(PACKAGING))
-import build_dist  # noqa: E402 - packaging/build_dist.py is a script, not a package
 
 PYZ = "/usr/lib/sealboot/sealboot-agent.pyz"
 WRAPPER = "/usr/sbin/sealboot-agent"
@@ -98,44 +96,6 @@ def measured(what: str, value: str) -> None:
 
 
 # --- running things in an image ------------------------------------------------------------------
-
-
-def chroot_argv(root: Path, argv: Sequence[str], env: Sequence[str] = ()) -> list[str]:
-    """*argv* in *root* with a clean environment, as Packer's shell provisioner would run it."""
-    return [
-        tool("chroot"),
-        str(root),
-        "/usr/bin/env",
-        "-i",
-        f"PATH={SYSTEM_PATH}",
-        "LANG=C.UTF-8",
-        *env,
-        *argv,
-    ]
-
-
-def run(argv: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def provision(root: Path, dist: Dist, *args: str) -> subprocess.CompletedProcess[str]:
-    """Packer's file provisioner (artifact and install.sh to /tmp), then its shell provisioner
-    (``sh /tmp/install.sh ARGS`` as root in the image)."""
-    shutil.copy2(dist.pyz, root / "tmp" / build_dist.PYZ_NAME)
-    shutil.copy2(INSTALL_SH, root / "tmp" / "install.sh")
-    return run(chroot_argv(root, ["/bin/sh", "/tmp/install.sh", *args]))
-
-
-def clean_tmp(root: Path) -> None:
-    for name in (build_dist.PYZ_NAME, "install.sh"):
-        (root / "tmp" / name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -207,10 +167,10 @@ def bake_with_install_sh(rootfs: Rootfs, workdir: Path, dist: Dist) -> Baked:
     start = time.monotonic()
     layer = workdir / "upper"
     with mounted([rootfs.path], workdir) as root:
-        first = provision(root, dist)
+        first = provision(root, dist.pyz)
         clean_tmp(root)
         after_first = tree_state(layer)
-        second = provision(root, dist)
+        second = provision(root, dist.pyz)
         clean_tmp(root)
         after_second = tree_state(layer)
         installed = disk_usage_kib(

@@ -21,8 +21,9 @@ from typing import Any
 
 import build_dist
 
+from tests.e2e.agent_install import INSTALL_SH
 from tests.e2e.harness import Image, Instance, InstanceNetwork
-from tests.image.bake import CACHE_DIR, INSTALL_SH, PYZ, WRAPPER, Dist, measured
+from tests.image.bake import CACHE_DIR, PYZ, WRAPPER, Dist, measured
 
 # Runs COMMAND... as a child of the image's own python3 and reports the child's peak RSS: the
 # largest resident set of any process it waited for (the wrapper execs python, so: the agent).

@@ -14,6 +14,7 @@ import build_dist
 import pytest
 import testinfra
 
+from tests.e2e.agent_install import INSTALL_SH, chroot_argv, clean_tmp, provision, run
 from tests.e2e.harness import Instance, InstanceNetwork, e2e_suites
 from tests.e2e.test_harness import (
     SECRET_MARKER,
@@ -26,16 +27,11 @@ from tests.image.bake import (
     CACHE_DIR,
     DS_CFG,
     DS_PACKAGE,
-    INSTALL_SH,
     PYZ,
     WRAPPER,
     Dist,
     FileState,
-    chroot_argv,
-    clean_tmp,
     mounted,
-    provision,
-    run,
     tree_state,
 )
 from tests.image.checks import (
@@ -216,7 +212,7 @@ def test_install_sh_refuses_an_unsupported_python3(
         else:
             stub_python(root, python)
 
-        res = provision(root, dist)
+        res = provision(root, dist.pyz)
 
         assert res.returncode == 3, res.stderr
         assert message in res.stderr
@@ -264,7 +260,9 @@ def test_root_option_installs_the_same_tree_from_outside_the_image(
 
 def test_python_option_picks_the_interpreter(rootfs: Rootfses, dist: Dist, tmp_path: Path) -> None:
     with mounted([rootfs("bookworm").path], tmp_path / "img") as root:
-        res = provision(root, dist, "--python", "/usr/bin/python3.11", "/tmp/sealboot-agent.pyz")
+        res = provision(
+            root, dist.pyz, "--python", "/usr/bin/python3.11", "/tmp/sealboot-agent.pyz"
+        )
         clean_tmp(root)
         host = testinfra.get_host(str(root), connection=CHROOT)
 

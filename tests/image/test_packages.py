@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from tests.e2e.agent_install import chroot_argv, run
 from tests.e2e.harness import Image, InstanceNetwork
 from tests.image.bake import (
     CACHE_DIR,
@@ -21,10 +22,8 @@ from tests.image.bake import (
     WRAPPER,
     Dist,
     FileState,
-    chroot_argv,
     measured,
     mounted,
-    run,
     target_python,
     tree_state,
 )

@@ -14,7 +14,7 @@ from typing import Any
 import hcl2
 import yaml
 
-from tests.image.bake import PACKAGING, REPO, run
+from tests.e2e.agent_install import PACKAGING, REPO, run
 
 PACKER = PACKAGING / "packer"
 TEMPLATE = PACKER / "sealboot-node.pkr.hcl"
