@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -400,3 +402,23 @@ def test_bad_region_on_the_command_line_is_a_usage_error(source: str) -> None:
         argv += ["--count", "1"]
     with pytest.raises(UsageError, match="region"):
         build_config(build_parser().parse_args(argv), {})
+
+
+def test_the_program_runs_without_the_cyclic_gc_but_main_leaves_it_alone() -> None:
+    probe = (
+        "import gc, sys\n"
+        "from sealboot_agent import cli\n"
+        "cli.main(['--version'])\n"
+        "print('after main', gc.isenabled())\n"
+        "sys.argv = ['sealboot-agent', '--version']\n"
+        "try:\n"
+        "    cli.entrypoint()\n"
+        "except SystemExit as exc:\n"
+        "    print('after entrypoint', gc.isenabled(), exc.code)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert "after main True" in res.stdout
+    assert "after entrypoint False 0" in res.stdout
