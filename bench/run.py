@@ -172,7 +172,9 @@ def _agent_label(args: argparse.Namespace) -> str:
         return "in-process only (storm)"
     if args.agent_bin:
         return str(args.agent_bin)
-    return f"{args.agent} ({_system_python() if args.agent == 'artifact' else 'venv'})"
+    if args.agent == "venv":
+        return "venv (.venv/bin/sealboot-agent)"
+    return f"artifact ({_system_python()})"
 
 
 def meta(args: argparse.Namespace, cli: str | None) -> dict[str, Any]:
