@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sealboot.errors import InputError
-from sealboot.seal import EXPIRY_TAG
+from sealboot.seal import EXPIRY_TAG, component
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
@@ -49,7 +49,6 @@ from sealboot_agent.wire import (
     REGION_RE,
     WireError,
     check_parameter_name,
-    name_component,
 )
 
 ROLE_NODE = "node"
@@ -151,13 +150,7 @@ class Scope:
                 "--cluster needs --namespace: without it the resource pattern "
                 "<root>/*/<cluster>/* would also match other clusters' machines"
             )
-        try:
-            if namespace is not None:
-                namespace = name_component("namespace", namespace)
-            if cluster is not None:
-                cluster = name_component("cluster", cluster)
-        except WireError as exc:
-            raise InputError(str(exc)) from exc
+        namespace, cluster = component("namespace", namespace), component("cluster", cluster)
         key = _KEY_ARN_RE.match(kms_key_arn) if kms_key_arn is not None else None
         if kms_key_arn is not None and key is None:
             hint = (

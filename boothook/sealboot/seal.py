@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -82,6 +82,27 @@ class SealConfig:
     backend: str = BACKEND_SECRETS_MANAGER
     tier: str = "standard"  # ssm only: standard (4 KB values) or advanced (8 KB)
     use_fips: bool = False
+
+
+@overload
+def component(kind: str, value: str) -> str: ...
+@overload
+def component(kind: str, value: None) -> None: ...
+def component(kind: str, value: str | None) -> str | None:
+    """A namespace, cluster, machine or role name as the wire contract writes it (None stays
+    None); a name it refuses is the caller's InputError.
+
+    Example::
+
+        >>> component("cluster", "prod-eu")
+        'prod-eu'
+    """
+    if value is None:
+        return None
+    try:
+        return name_component(kind, value)
+    except WireError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _tags(
@@ -245,15 +266,8 @@ def seal(
             raise InputError(str(exc)) from exc
     if not 60 <= config.ttl_seconds <= 30 * 86400:
         raise InputError("the expiry must be between 1 minute and 30 days")
-    try:
-        namespace, cluster, machine = (
-            name_component("namespace", namespace),
-            name_component("cluster", cluster),
-            name_component("machine", machine),
-        )
-        role = name_component("role", role)
-    except WireError as exc:
-        raise InputError(str(exc)) from exc
+    namespace, cluster = component("namespace", namespace), component("cluster", cluster)
+    machine, role = component("machine", machine), component("role", role)
     if len(CLUSTER_TAG.format(cluster=cluster)) > _TAG_KEY_MAX:
         raise InputError(
             f"cluster name {cluster!r} is too long for the CAPA cluster tag "

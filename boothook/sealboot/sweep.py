@@ -43,7 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sealboot.aws import Client, aws_client, error_code, wrap
 from sealboot.errors import AccessDenied, AwsError, InputError
-from sealboot.seal import CLUSTER_TAG, EXPIRY_TAG, FORMAT_TAG, NAMESPACE_TAG
+from sealboot.seal import CLUSTER_TAG, EXPIRY_TAG, FORMAT_TAG, NAMESPACE_TAG, component
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
@@ -53,7 +53,6 @@ from sealboot_agent.wire import (
     SSM_BATCH_MAX,
     Manifest,
     WireError,
-    name_component,
 )
 
 log = logging.getLogger(__name__)
@@ -707,13 +706,7 @@ def sweep(
     """
     if secrets is None and ssm is None:
         raise InputError("sweep needs at least one backend client")
-    try:
-        if namespace is not None:
-            namespace = name_component("namespace", namespace)
-        if cluster is not None:
-            cluster = name_component("cluster", cluster)
-    except WireError as exc:
-        raise InputError(str(exc)) from exc
+    namespace, cluster = component("namespace", namespace), component("cluster", cluster)
     now = _utc(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
     clients: dict[str, Client] = {}
     if secrets is not None:
