@@ -115,6 +115,19 @@ def boothook_of(userdata: bytes) -> bytes:
     return payload.split(b"\n", 1)[1]
 
 
+def fetch_args(manifest: Manifest, root: Path) -> list[str]:
+    """``sealboot-agent`` arguments for one bare fetch of *manifest* into *root*."""
+    return [
+        "fetch",
+        "--handoff",
+        "cloud-init",
+        "--manifest",
+        manifest.to_json(),
+        "--root",
+        str(root),
+    ]
+
+
 class Bench:
     """Seals and boots on one stack; counts each boot's AWS and IMDS requests."""
 
@@ -194,16 +207,7 @@ class Bench:
         """``sealboot-agent fetch`` alone (no bash), for the agent's own RSS and CPU."""
         manifest = self.seal(payload)
         root = self.fresh_root()
-        cmd = [
-            str(self.agent),
-            "fetch",
-            "--handoff",
-            "cloud-init",
-            "--manifest",
-            manifest.to_json(),
-            "--root",
-            str(root),
-        ]
+        cmd = [str(self.agent), *fetch_args(manifest, root)]
         env = self.env(root, AGENT)
         report = root.parent / "rusage.json"
         m, aws, imds = self._counted(lambda: probed(cmd, env=env, timeout=180, report=report))

@@ -40,6 +40,7 @@ from bench.latency import (  # noqa: E402
     FLOOR_CODE,
     Series,
     aws_cli_version,
+    fetch_args,
     run_floor,
     run_footprint,
     run_latency,
@@ -383,13 +384,7 @@ def profile_agent(stack: BenchStack, work: Path, out: Path) -> Path | None:
         str(report),
         "-m",
         "sealboot_agent",
-        "fetch",
-        "--handoff",
-        "cloud-init",
-        "--manifest",
-        manifest.to_json(),
-        "--root",
-        str(root),
+        *fetch_args(manifest, root),
     ]
     procs.measured(cmd, env=bench.env(root, AGENT), timeout=120)
     return report

@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/ first, not th
 
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
-from tests.stack.imds import Identity, ImdsEmulator  # noqa: E402
+from tests.stack.imds import Identity, ImdsEmulator, role_credentials  # noqa: E402
 from tests.stack.local import LocalStack  # noqa: E402
 
 # The account's real default quotas (transactions per second), per the AWS facts in DESIGN.md.
@@ -139,16 +139,9 @@ class BenchStack:
         sts = sts or self.client("sts", via_proxy=False)
         role = self.local.identity.role_name
         arn = f"arn:aws:iam::{self.local.identity.account_id}:role/{role}"
-        creds = sts.assume_role(RoleArn=arn, RoleSessionName=instance_id)["Credentials"]
-        return {
-            "Code": "Success",
-            "LastUpdated": "2026-01-01T00:00:00Z",
-            "Type": "AWS-HMAC",
-            "AccessKeyId": creds["AccessKeyId"],
-            "SecretAccessKey": creds["SecretAccessKey"],
-            "Token": creds["SessionToken"],
-            "Expiration": creds["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        return role_credentials(
+            sts.assume_role(RoleArn=arn, RoleSessionName=instance_id)["Credentials"]
+        )
 
     def start_fleet(self, count: int) -> list[ImdsEmulator]:
         """Start *count* IMDS emulators, one per simulated instance, each with its own

@@ -72,6 +72,19 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def role_credentials(sts_credentials: dict[str, Any]) -> dict[str, str]:
+    """STS ``Credentials`` as IMDS serves them under ``iam/security-credentials/<role>``."""
+    return {
+        "Code": "Success",
+        "LastUpdated": "2026-01-01T00:00:00Z",
+        "Type": "AWS-HMAC",
+        "AccessKeyId": sts_credentials["AccessKeyId"],
+        "SecretAccessKey": sts_credentials["SecretAccessKey"],
+        "Token": sts_credentials["SessionToken"],
+        "Expiration": sts_credentials["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def _tree(ident: Identity, creds: Callable[[], dict[str, str]]) -> dict[str, Any]:
     """The metadata tree: a str leaf is a file, a dict is a directory listing."""
     doc = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 
-from tests.stack.imds import Identity, ImdsEmulator
+from tests.stack.imds import Identity, ImdsEmulator, role_credentials
 from tests.stack.motoserver import ADMIN_ENV, MotoServer
 from tests.stack.proxy import FaultProxy
 
@@ -124,15 +124,7 @@ class LocalStack:
         creds = self.client("sts").assume_role(
             RoleArn=role["Arn"], RoleSessionName=self.identity.instance_id
         )["Credentials"]
-        self.node_credentials = {
-            "Code": "Success",
-            "LastUpdated": "2026-01-01T00:00:00Z",
-            "Type": "AWS-HMAC",
-            "AccessKeyId": creds["AccessKeyId"],
-            "SecretAccessKey": creds["SecretAccessKey"],
-            "Token": creds["SessionToken"],
-            "Expiration": creds["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        self.node_credentials = role_credentials(creds)
 
     def reset(self, node_actions: list[str] | None = None) -> None:
         """Back to an empty account with IAM enforcement off, then provision again."""
