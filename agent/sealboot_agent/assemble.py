@@ -9,40 +9,28 @@ Example::
 from __future__ import annotations
 
 import hmac
-import zlib
 from collections.abc import Sequence
 
 from sealboot_agent.errors import IntegrityError
+from sealboot_agent.userdata import Budget, Refused, gunzip
 from sealboot_agent.wire import Manifest, sha256_hex
-
-_CHUNK = 64 * 1024
 
 
 def gunzip_capped(data: bytes, max_size: int) -> bytes:
     """Decompress every gzip member in *data*, refusing output larger than *max_size*."""
-    out = bytearray()
-    rest = data
-    if not rest:
+    if not data:
         raise IntegrityError("payload is empty")
-    while rest:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            pending = rest
-            while pending and not inflater.eof:
-                room = max_size - len(out) + 1
-                out += inflater.decompress(pending, min(room, _CHUNK))
-                if len(out) > max_size:
-                    raise IntegrityError(
-                        f"user data is larger than the cap of {max_size} bytes once decompressed",
-                        hint="raise --max-size if this payload is expected; nothing was deleted",
-                    )
-                pending = inflater.unconsumed_tail
-        except zlib.error as exc:
-            raise IntegrityError(f"payload is not valid gzip: {exc}") from exc
-        if not inflater.eof:
-            raise IntegrityError("payload is truncated (gzip stream ends early)")
-        rest = inflater.unused_data
-    return bytes(out)
+    if data[:2] != b"\x1f\x8b":
+        raise IntegrityError("payload is not valid gzip (no gzip header)")
+    try:
+        return gunzip(data, Budget(max_size))
+    except Refused as exc:
+        if exc.too_large:
+            raise IntegrityError(
+                f"user data is larger than the cap of {max_size} bytes once decompressed",
+                hint="raise --max-size if this payload is expected; nothing was deleted",
+            ) from None
+        raise IntegrityError(f"payload is not valid gzip: {exc}") from None
 
 
 def assemble(manifest: Manifest, chunks: Sequence[bytes], *, max_size: int) -> bytes:

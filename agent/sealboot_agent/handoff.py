@@ -14,66 +14,29 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import re
-import shlex
 import subprocess
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from sealboot_agent import userdata
 from sealboot_agent.config import DEFAULT_OUTPUT, PRIVATE_OUTPUT
-from sealboot_agent.errors import UnsupportedUserData
+from sealboot_agent.errors import AgentError, IntegrityError, UnsupportedUserData, shown
 from sealboot_agent.state import make_private_dirs, write_durable
+from sealboot_agent.userdata import Part
+
+if TYPE_CHECKING:
+    from sealboot_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
-CFG_DIR = "/etc/cloud/cloud.cfg.d"
-CFG_PREFIX = "99-sealboot-"
-SCRIPT_PREFIX = "sealboot-"
-CLEANUP_SCRIPT = "zz-sealboot-cleanup"
-FAILED_SCRIPT = "sealboot-failed"
-_MAX_DEPTH = 4
+CFG_DIR = userdata.CFG_DIR
+CLEANUP_SCRIPT = userdata.CLEANUP_SCRIPT
+FAILED_SCRIPT = userdata.FAILED_SCRIPT
 
-# First-line markers cloud-init recognises (cloudinit/handlers/__init__.py), longest first.
-_STARTS = (
-    ("#cloud-config-archive", "text/cloud-config-archive"),
-    ("#cloud-config", "text/cloud-config"),
-    ("#cloud-boothook", "text/cloud-boothook"),
-    ("#include-once", "text/x-include-once-url"),
-    ("#include", "text/x-include-url"),
-    ("#part-handler", "text/part-handler"),
-    ("#upstart-job", "text/upstart-job"),
-    ("## template: jinja", "text/jinja2"),
-    ("#!", "text/x-shellscript"),
-)
-_KINDS = {
-    "text/cloud-config": "cloud-config",
-    "text/x-shellscript": "script",
-    "text/cloud-boothook": "boothook",
-}
-_WHY_NOT = {
-    "text/jinja2": "a '## template: jinja' part needs instance data at render time; use the "
-    "sealboot datasource, or render the template before sealing",
-    "text/x-include-url": "'#include' fetches more user data from URLs; seal the content itself",
-    "text/x-include-once-url": "'#include-once' fetches user data from URLs; seal the content",
-    "text/part-handler": "part handlers run code inside cloud-init; use a boothook instead",
-    "text/cloud-config-archive": "cloud-config-archive is not supported; use MIME multipart",
-    "text/upstart-job": "upstart jobs are not supported by current cloud-init",
-}
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_MERGE_KEY = re.compile(rb"^(merge_how|merge_type)\s*:", re.M)
-_RUNCMD = re.compile(rb"^runcmd\s*:", re.M)
-
-
-@dataclass(frozen=True)
-class Part:
-    kind: str  # cloud-config | script | boothook
-    name: str
-    payload: bytes
+Runner = Callable[..., "subprocess.CompletedProcess[bytes]"]
 
 
 @dataclass(frozen=True)
@@ -84,95 +47,43 @@ class Plan:
         return sum(1 for p in self.parts if p.kind == kind)
 
 
-def _kind_of(payload: bytes) -> str:
-    head = payload.lstrip()[:64].decode("utf-8", "replace")
-    for marker, ctype in _STARTS:
-        if head.startswith(marker):
-            return ctype
-    return "text/plain"
+def refusal(exc: userdata.Refused) -> AgentError:
+    """The agent error for a refusal of the user-data parser (size cap: 6, anything else: 11)."""
+    if exc.too_large:
+        return IntegrityError(
+            str(exc), hint="raise --max-size if this payload is expected; nothing was deleted"
+        )
+    return UnsupportedUserData(str(exc))
 
 
-def _maybe_gunzip(data: bytes) -> bytes:
-    if data[:2] != b"\x1f\x8b":
-        return data
+def plan_cloud_init(data: bytes, budget: int = 16 << 20) -> Plan:
+    """Split user data as cloud-init would, or refuse before anything happens."""
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UnsupportedUserData(f"user data looks gzipped but is not valid gzip: {exc}") from exc
+        return Plan(tuple(userdata.split(data, userdata.Budget(budget))))
+    except userdata.Refused as exc:
+        raise refusal(exc) from None
 
 
-def _add(parts: list[Part], ctype: str, name: str, payload: bytes, merge_header: bool) -> None:
-    if ctype == "text/plain":
-        ctype = _kind_of(payload)
-    if ctype in _WHY_NOT:
-        raise UnsupportedUserData(f"part {name!r} is {ctype}: {_WHY_NOT[ctype]}")
-    kind = _KINDS.get(ctype)
-    if kind is None:
+def checked_instance_id(instance_id: str) -> str:
+    """*instance_id*, refused (exit 11) unless it is one plain path segment."""
+    try:
+        userdata.scripts_dir(instance_id)
+    except userdata.Refused as exc:
         raise UnsupportedUserData(
-            f"part {name!r} has type {ctype}, which the boothook hand-off cannot give to "
-            "cloud-init; supported: cloud-config, shell scripts, boothooks (plain, gzip or MIME)"
-        )
-    if kind == "cloud-config" and (merge_header or _MERGE_KEY.search(payload)):
-        raise UnsupportedUserData(
-            f"part {name!r} asks for a custom merge (merge_how/merge_type); the boothook "
-            "hand-off can only apply cloud-init's default merge. Use the sealboot datasource"
-        )
-    parts.append(Part(kind, name, payload))
-
-
-def plan_cloud_init(data: bytes) -> Plan:
-    """Split user data into the parts the hand-off will place, or refuse before anything happens."""
-    data = _maybe_gunzip(data)
-    parts: list[Part] = []
-    head = data.lstrip()[:512].lower()
-    if (
-        head.startswith(b"content-type:")
-        or b"\ncontent-type: multipart/" in head
-        or (head.startswith(b"mime-version:"))
-    ):
-        # Imported here: the email package costs the boot path ~15 ms when no MIME is involved.
-        import email
-        import email.policy
-
-        msg = email.message_from_bytes(data, policy=email.policy.compat32)
-        index = 0
-        for sub in msg.walk():
-            if sub.is_multipart():
-                continue
-            index += 1
-            raw = sub.get_payload(decode=True)
-            payload = _maybe_gunzip(raw if isinstance(raw, bytes) else b"")
-            name = sub.get_filename() or f"part-{index:03d}"
-            merge = any(sub.get(h) for h in ("Merge-Type", "X-Merge-Type"))
-            _add(parts, sub.get_content_type(), name, payload, merge)
-    else:
-        _add(parts, _kind_of(data), "part-001", data, False)
-    if not parts:
-        raise UnsupportedUserData("user data holds no part cloud-init would use")
-    return Plan(tuple(parts))
+            str(exc), hint="check /var/lib/cloud/instance and $INSTANCE_ID; nothing was deleted"
+        ) from None
+    return instance_id
 
 
 def instance_dir(root: Path, instance_id: str) -> Path:
-    return root / "var/lib/cloud/instances" / instance_id
+    return root / "var/lib/cloud/instances" / checked_instance_id(instance_id)
 
 
-def _script_name(index: int, name: str) -> str:
-    return f"{SCRIPT_PREFIX}{index:02d}-{_SAFE_NAME.sub('_', name)[:64]}"
+def _writer(root: Path) -> userdata.Write:
+    def write(inner: str, data: bytes, mode: int) -> None:
+        write_durable(root / inner.lstrip("/"), data, mode)
 
-
-def _cleanup_script(cfg_files: list[str], scripts: list[str], plaintext: str | None) -> bytes:
-    """Removes what held plaintext once every user script has run (it sorts last)."""
-    paths = [*cfg_files, *scripts]
-    if plaintext:
-        paths.append(plaintext)
-    lines = [
-        "#!/bin/sh",
-        "# sealboot: the sealed user data has been used; do not leave it on disk.",
-        "rm -f -- " + " ".join(shlex.quote(p) for p in paths) + ' "$0"',
-        "echo 'sealboot: removed the plaintext user data after the final stage'",
-        "",
-    ]
-    return "\n".join(lines).encode()
+    return write
 
 
 def apply_cloud_init(
@@ -182,78 +93,57 @@ def apply_cloud_init(
     *,
     plaintext: str | None,
     keep_plaintext: bool,
-    run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run,
+    run: Runner = subprocess.run,
 ) -> None:
     """Place each part for the current boot; nested boothooks run now."""
-    scripts_dir = instance_dir(root, instance_id) / "scripts"
-    cfg_files: list[str] = []
-    scripts: list[str] = []
-    for index, part in enumerate(plan.parts):
-        if part.kind == "cloud-config":
-            inside = f"{CFG_DIR}/{CFG_PREFIX}{index:02d}.cfg"
-            write_durable(root / inside.lstrip("/"), part.payload, 0o600)
-            cfg_files.append(inside)
-            log.info("cloud-config part %s -> %s", part.name, inside)
-        elif part.kind == "script":
-            path = scripts_dir / _script_name(index, part.name)
-            write_durable(path, part.payload, 0o700)
-            scripts.append("/" + str(path.relative_to(root)))
-            log.info("script part %s -> %s (runs in the final stage)", part.name, scripts[-1])
-        else:
-            _run_boothook(part, root, instance_id, index, run)
-    if not keep_plaintext:
-        if any(p.kind == "cloud-config" and _RUNCMD.search(p.payload) for p in plan.parts):
-            # cloud-init writes the sealed runcmd to scripts/runcmd; it has run by now.
-            scripts.append(f"/var/lib/cloud/instances/{instance_id}/scripts/runcmd")
-        write_durable(
-            scripts_dir / CLEANUP_SCRIPT, _cleanup_script(cfg_files, scripts, plaintext), 0o700
-        )
+
+    def boothook(part: Part, iid: str) -> None:
+        _run_boothook(part, root, iid, run)
+
+    placed = userdata.place(
+        list(plan.parts),
+        checked_instance_id(instance_id),
+        _writer(root),
+        boothook,
+        plaintext=plaintext,
+        keep_plaintext=keep_plaintext,
+    )
+    for part in plan.parts:
+        where = "runs now" if part.kind == "boothook" else "placed"
+        log.info("part %d: %s, %d bytes, %s", part.index + 1, part.kind, part.size, where)
+    log.debug("placed %d file(s) under %s", len(placed), root)
     clear_failure(root, instance_id)
 
 
-def _run_boothook(
-    part: Part,
-    root: Path,
-    instance_id: str,
-    index: int,
-    run: Callable[..., subprocess.CompletedProcess[bytes]],
-) -> None:
-    body = part.payload
-    if body.lstrip().startswith(b"#cloud-boothook"):
-        body = body.lstrip().split(b"\n", 1)[1] if b"\n" in body.lstrip() else b""
+def _run_boothook(part: Part, root: Path, instance_id: str, run: Runner) -> None:
     hooks = root / "var/lib/sealboot/boothooks"
     make_private_dirs(hooks)
-    path = hooks / _script_name(index, part.name)
-    write_durable(path, body.lstrip(), 0o700)
+    path = hooks / f"boothook-{part.index:03d}"
+    write_durable(path, userdata.boothook_body(part.payload), 0o700)
     env = dict(os.environ, INSTANCE_ID=instance_id)
-    log.info("running nested boothook %s", part.name)
+    log.info("part %d: running the nested boothook", part.index + 1)
     try:
         res = run([str(path)], cwd=str(root), env=env, stdin=subprocess.DEVNULL, check=False)
     except OSError as exc:
-        log.warning("nested boothook %s could not run: %s", part.name, exc.strerror)
+        log.warning("part %d: the nested boothook could not run: %s", part.index + 1, exc.strerror)
     else:
         if res.returncode != 0:
             # cloud-init itself only logs a failing boothook; do the same.
-            log.warning("nested boothook %s exited %d", part.name, res.returncode)
+            log.warning("part %d: the nested boothook exited %d", part.index + 1, res.returncode)
     finally:
         path.unlink(missing_ok=True)
 
 
 def schedule_cleanup(root: Path, instance_id: str, paths: list[str]) -> None:
     """Remove *paths* once the final stage has run (the datasource hand-off's private copy)."""
-    scripts_dir = instance_dir(root, instance_id) / "scripts"
-    write_durable(scripts_dir / CLEANUP_SCRIPT, _cleanup_script([], paths, None), 0o700)
+    script = instance_dir(root, instance_id) / "scripts" / CLEANUP_SCRIPT
+    write_durable(script, userdata.cleanup_text(paths), 0o700)
 
 
 def report_failure(root: Path, instance_id: str, message: str) -> None:
     """Make a failed fetch visible in ``cloud-init status`` (a failing user script)."""
-    text = (
-        "#!/bin/sh\n"
-        f"echo {shlex.quote('sealboot: ' + message)} >&2\n"
-        "echo 'sealboot: see sealboot-agent lines in /var/log/cloud-init-output.log' >&2\n"
-        "exit 1\n"
-    )
-    write_durable(instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT, text.encode(), 0o700)
+    script = instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT
+    write_durable(script, userdata.failure_text(message), 0o700)
 
 
 def clear_failure(root: Path, instance_id: str) -> None:
@@ -282,48 +172,123 @@ def restart_cloud_init(root: Path) -> None:
         log.warning("hand-off capa: could not restart cloud-init: %s", exc)
         return
     if res.returncode != 0:
-        log.warning(
-            "hand-off capa: 'systemctl restart cloud-init' failed: %s", res.stderr.strip()[:200]
-        )
+        log.warning("hand-off capa: 'systemctl restart cloud-init' failed: %s", shown(res.stderr))
     else:
         log.info("hand-off capa: asked systemd to restart cloud-init")
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """What a hand-off decided before any fragment is deleted."""
+
+    payload: bytes
+    instance_id: str
+    plan: Plan | None = None
+
+
+@dataclass(frozen=True)
 class Handoff:
-    """A hand-off mode: where the durable copy goes by default and what is said about it."""
+    """A hand-off mode: prepare (plan, refuse before any delete), apply, report a failure.
+
+    Example::
+
+        >>> prepared = HANDOFFS["cloud-init"].prepare(cfg, payload, "i-0123456789abcdef0")
+        >>> HANDOFFS["cloud-init"].apply(cfg, prepared)
+    """
 
     name: str
     default_output: str
     description: str
 
+    def prepare(self, cfg: AgentConfig, payload: bytes, instance_id: str) -> Prepared:
+        """Everything that can refuse, with every fragment still in place."""
+        return Prepared(payload, instance_id)
+
+    def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
+        log.info("hand-off %s: %s", self.name, self.description)
+
+    def report_failure(self, cfg: AgentConfig, instance_id: str | None, exc: AgentError) -> None:
+        """Only the cloud-init hand-off tells cloud-init; the others leave it to the caller."""
+
+
+class CloudInitHandoff(Handoff):
+    def prepare(self, cfg: AgentConfig, payload: bytes, instance_id: str) -> Prepared:
+        plan = plan_cloud_init(payload, cfg.max_size - len(payload))
+        return Prepared(payload, checked_instance_id(instance_id), plan)
+
+    def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
+        assert prepared.plan is not None  # noqa: S101 - prepare() always plans
+        apply_cloud_init(
+            prepared.plan,
+            cfg.root,
+            prepared.instance_id,
+            plaintext=cfg.output,
+            keep_plaintext=cfg.keep_plaintext,
+        )
+        plan = prepared.plan
+        log.info(
+            "hand-off cloud-init: %d cloud-config, %d script, %d boothook part(s)%s",
+            plan.count("cloud-config"),
+            plan.count("script"),
+            plan.count("boothook"),
+            "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
+        )
+
+    def report_failure(self, cfg: AgentConfig, instance_id: str | None, exc: AgentError) -> None:
+        if instance_id is None:
+            return
+        try:
+            report_failure(cfg.root, instance_id, f"{exc.message} (exit {exc.exit_code})")
+        except AgentError as err:
+            log.warning("could not record the failure for cloud-init: %s", err.message)
+
+
+class StdoutHandoff(Handoff):
+    def prepare(self, cfg: AgentConfig, payload: bytes, instance_id: str) -> Prepared:
+        if not cfg.keep_plaintext:
+            checked_instance_id(instance_id)
+        return Prepared(payload, instance_id)
+
+    def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
+        if not cfg.keep_plaintext:
+            schedule_cleanup(cfg.root, prepared.instance_id, [cfg.output])
+        log.info("hand-off stdout: user data goes to cloud-init through the sealboot datasource")
+
+
+class CapaHandoff(Handoff):
+    def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
+        restart_cloud_init(cfg.root)
+
 
 HANDOFFS: dict[str, Handoff] = {
-    "cloud-init": Handoff(
-        "cloud-init",
-        PRIVATE_OUTPUT,
-        "parts placed for this boot: cloud-config in /etc/cloud/cloud.cfg.d, scripts for "
-        "scripts-user, boothooks run now",
-    ),
-    "capa": Handoff(
-        "capa",
-        DEFAULT_OUTPUT,
-        "CAPA's legacy layout: /etc/secret-userdata.txt, then restart cloud-init so its "
-        "#include reads it (fails on stock cloud-init; see README)",
-    ),
-    "stdout": Handoff(
-        "stdout",
-        PRIVATE_OUTPUT,
-        "user data written to standard output for the sealboot cloud-init datasource",
-    ),
-    "file": Handoff(
-        "file",
-        DEFAULT_OUTPUT,
-        "user data left at the output path (CAPA's location) for the consumer to read",
-    ),
-    "none": Handoff(
-        "none",
-        PRIVATE_OUTPUT,
-        "user data kept only in sealboot's private state directory; nothing is handed on",
-    ),
+    h.name: h
+    for h in (
+        CloudInitHandoff(
+            "cloud-init",
+            PRIVATE_OUTPUT,
+            "parts placed for this boot: cloud-config in /etc/cloud/cloud.cfg.d, scripts for "
+            "scripts-user, boothooks run now",
+        ),
+        CapaHandoff(
+            "capa",
+            DEFAULT_OUTPUT,
+            "CAPA's legacy layout: /etc/secret-userdata.txt, then restart cloud-init so its "
+            "#include reads it (fails on stock cloud-init; see README)",
+        ),
+        StdoutHandoff(
+            "stdout",
+            PRIVATE_OUTPUT,
+            "user data written to standard output for the sealboot cloud-init datasource",
+        ),
+        Handoff(
+            "file",
+            DEFAULT_OUTPUT,
+            "user data left at the output path (CAPA's location) for the consumer to read",
+        ),
+        Handoff(
+            "none",
+            PRIVATE_OUTPUT,
+            "user data kept only in sealboot's private state directory; nothing is handed on",
+        ),
+    )
 }

@@ -18,14 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sealboot_agent import __version__
 from sealboot_agent.config import AgentConfig
 from sealboot_agent.errors import AgentError, DeleteError, ImdsError
-from sealboot_agent.handoff import (
-    HANDOFFS,
-    Plan,
-    apply_cloud_init,
-    plan_cloud_init,
-    restart_cloud_init,
-    schedule_cleanup,
-)
+from sealboot_agent.handoff import HANDOFFS
 from sealboot_agent.imds import Deadline, Imds
 from sealboot_agent.state import State, StateStore, write_durable
 from sealboot_agent.wire import BACKEND_SSM, sha256_hex
@@ -60,14 +53,6 @@ class Deps:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def _file_sha256(path: Any) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return sha256_hex(fh.read())
-    except OSError:
-        return None
-
-
 def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
     """The verified durable copy, for ``--handoff stdout`` (the datasource reads it)."""
     from sealboot_agent.errors import StateError
@@ -95,16 +80,22 @@ def cloud_init_instance_id(cfg: AgentConfig) -> str | None:
     return os.path.basename(target.rstrip("/")) or None
 
 
-def _resumable(prev: State | None, cfg: AgentConfig, mid: str) -> State | None:
-    """A previous run of this manifest that already wrote a verified copy we can trust."""
+def _resumable(
+    prev: State | None, cfg: AgentConfig, mid: str
+) -> tuple[State, bytes] | tuple[None, None]:
+    """A previous run of this manifest that wrote a verified copy we can trust, and that copy."""
     if prev is None or prev.manifest_id != mid or not prev.reached("written"):
-        return None
+        return None, None
     if prev.output != cfg.output or prev.output_sha256 is None:
-        return None
-    if _file_sha256(cfg.path(cfg.output)) != prev.output_sha256:
+        return None, None
+    try:
+        data = cfg.path(cfg.output).read_bytes()
+    except OSError:
+        data = None
+    if data is None or sha256_hex(data) != prev.output_sha256:
         log.warning("previous run wrote %s but it changed or vanished; fetching again", cfg.output)
-        return None
-    return prev
+        return None, None
+    return prev, data
 
 
 def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
@@ -123,7 +114,7 @@ def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
             )
             write_durable(store.done_marker(mid), b"")
             return prev
-        resumed = _resumable(prev, cfg, mid)
+        resumed, copy = _resumable(prev, cfg, mid)
         if resumed is not None:
             state = resumed
             log.info("resuming: %s was written and verified by an earlier run", cfg.output)
@@ -137,7 +128,7 @@ def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
             )
         state.outcome, state.error = "running", None
         try:
-            _steps(cfg, deps, store, state, deadline, resumed is not None)
+            _steps(cfg, deps, store, state, deadline, copy)
         except AgentError as exc:
             state.outcome = "failed"
             state.error = {
@@ -172,7 +163,12 @@ def _save(cfg: AgentConfig, store: StateStore, state: State, phase: str, deps: D
 
 
 def _steps(
-    cfg: AgentConfig, deps: Deps, store: StateStore, state: State, deadline: Deadline, resumed: bool
+    cfg: AgentConfig,
+    deps: Deps,
+    store: StateStore,
+    state: State,
+    deadline: Deadline,
+    copy: bytes | None,
 ) -> None:
     # Imported here so the no-op path on every later boot never pays for botocore.
     from sealboot_agent.assemble import assemble
@@ -183,14 +179,14 @@ def _steps(
     from sealboot_agent.ssm import delete_parameters, fetch_parameters
 
     manifest = cfg.manifest
-    plan: Plan | None = None
+    handoff = HANDOFFS[cfg.handoff]
     # IAM needs a little while to honour a freshly attached instance profile; only then is
     # AccessDenied worth retrying.
     grace = max(0.0, cfg.denied_grace - deps.uptime())
     policy = RetryPolicy(deadline, denied_until=deadline.clock() + min(grace, deadline.remaining()))
     if grace > 0:
         log.debug("AccessDenied is retried for %.0fs more (IAM propagation after boot)", grace)
-    if not resumed:
+    if copy is None:
         _save(cfg, store, state, "started", deps)
     imds = Imds(cfg.imds_endpoint, deps.http_factory(), deadline)
     t0 = deps.clock()
@@ -225,7 +221,7 @@ def _steps(
     if deadline.expired():
         raise ImdsError("the deadline passed while reading instance metadata")
 
-    if not resumed:
+    if copy is None:
         t0 = deps.clock()
         chunks = fetch(client, manifest.fragments, policy)
         log.info(
@@ -243,9 +239,13 @@ def _steps(
                 "gzip stream intact (CAPA format carries no digest); user data is %d bytes",
                 len(payload),
             )
-        if cfg.handoff == "cloud-init":
-            # Refuse what cannot be applied while every fragment still exists.
-            plan = plan_cloud_init(payload)
+    else:
+        payload = copy
+    # Every refusal happens here, while every fragment still exists, resumed runs included
+    # (an earlier run may have used another hand-off that shares the output path).
+    iid = cloud_init_instance_id(cfg) or state.instance_id or ""
+    prepared = handoff.prepare(cfg, payload, iid)
+    if copy is None:
         _save(cfg, store, state, "verified", deps)
         write_durable(cfg.path(cfg.output), payload)
         _pause(cfg, store, "output-on-disk", deps)
@@ -269,30 +269,7 @@ def _steps(
         log.info("deleted %d fragment(s)", len(manifest.fragments))
     _save(cfg, store, state, "deleted", deps)
 
-    handoff = HANDOFFS[cfg.handoff]
-    if cfg.handoff == "cloud-init":
-        if plan is None:
-            plan = plan_cloud_init(cfg.path(cfg.output).read_bytes())
-        iid = cloud_init_instance_id(cfg) or state.instance_id or ""
-        apply_cloud_init(
-            plan, cfg.root, iid, plaintext=cfg.output, keep_plaintext=cfg.keep_plaintext
-        )
-        log.info(
-            "hand-off cloud-init: %d cloud-config, %d script, %d boothook part(s)%s",
-            plan.count("cloud-config"),
-            plan.count("script"),
-            plan.count("boothook"),
-            "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
-        )
-    elif cfg.handoff == "stdout":
-        iid = cloud_init_instance_id(cfg) or state.instance_id or ""
-        if not cfg.keep_plaintext:
-            schedule_cleanup(cfg.root, iid, [cfg.output])
-        log.info("hand-off stdout: user data goes to cloud-init through the sealboot datasource")
-    elif cfg.handoff == "capa":
-        restart_cloud_init(cfg.root)
-    else:
-        log.info("hand-off %s: %s", handoff.name, handoff.description)
+    handoff.apply(cfg, prepared)
     _save(cfg, store, state, "handed_off", deps)
     write_durable(store.done_marker(state.manifest_id), b"")
     state.outcome = "ok"

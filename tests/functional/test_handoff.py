@@ -51,8 +51,8 @@ def test_mime_parts_are_placed_for_this_boot(instance: Instance, tmp_path: Path)
     (cfg,) = instance.cloud_config_parts()
     assert cfg.read_text() == CONFIG
     scripts = sorted(p.name for p in instance.scripts.iterdir())
-    assert scripts == ["sealboot-01-setup.sh", "zz-sealboot-cleanup"]
-    script = instance.scripts / "sealboot-01-setup.sh"
+    assert scripts == ["setup.sh", "~sealboot-cleanup"]
+    script = instance.scripts / "setup.sh"
     assert script.read_text() == SCRIPT
     assert stat.S_IMODE(script.stat().st_mode) == 0o700
     ran = instance.root / "nested-boothook-ran"
@@ -66,7 +66,7 @@ def test_cleanup_script_removes_every_plaintext_copy(instance: Instance, tmp_pat
     payload = _mime(("cloud-config", "c", CONFIG), ("x-shellscript", "s.sh", SCRIPT))
     sealed = seal(instance.stack, tmp_path, payload)
     assert instance.boot(sealed.userdata_path).returncode == 0
-    cleanup = instance.scripts / "zz-sealboot-cleanup"
+    cleanup = instance.scripts / "~sealboot-cleanup"
     assert sorted(p.name for p in instance.scripts.iterdir())[-1] == cleanup.name, "runs last"
 
     # It runs inside the instance (the e2e tests run it for real); here, check what it removes.
@@ -100,7 +100,7 @@ def test_gzipped_user_data_is_handed_off(instance: Instance, tmp_path: Path) -> 
             b"#cloud-config\nmerge_how: dict(recurse_array)+list(append)\nruncmd: [id]\n",
             "merge_how",
         ),
-        (b"\x00\x01 binary junk", "text/plain"),
+        (b"\x00\x01 binary junk", "content type the boothook hand-off cannot give"),
     ],
     ids=["jinja", "include", "merge_how", "unknown"],
 )
