@@ -409,11 +409,13 @@ _SEALED_LIMIT = 1 << 20
 def sealed_boothook(raw: bytes) -> tuple[str, str]:
     """(manifest JSON, hand-off) of user data rendered by ``sealboot render``; Refused otherwise."""
     if not _is_gzip(raw) and MANIFEST_VAR.encode() not in raw:
-        raise Refused("not sealboot's user data")
+        raise Refused(
+            "it carries no sealboot manifest (a cloud-boothook part with SEALBOOT_MANIFEST)"
+        )
     parts = split(raw, Budget(_SEALED_LIMIT))
     hooks = [p for p in parts if p.kind == "boothook"]
     if len(hooks) != 1:
-        raise Refused("not sealboot's user data (no single boothook)")
+        raise Refused("it carries no sealboot manifest (not exactly one cloud-boothook part)")
     text = hooks[0].payload.decode("utf-8", "replace")
     chunks: list[str] = []
     handoff = ""
@@ -430,5 +432,5 @@ def sealed_boothook(raw: bytes) -> tuple[str, str]:
         else:
             handoff = "".join(words)
     if not chunks:
-        raise Refused("the boothook carries no sealboot manifest")
+        raise Refused("it carries no sealboot manifest in its boothook")
     return "".join(chunks), handoff

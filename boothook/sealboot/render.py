@@ -9,9 +9,7 @@ Example::
 
 from __future__ import annotations
 
-import email
-import email.policy
-import gzip
+import ast
 import logging
 import shlex
 from email.mime.multipart import MIMEMultipart
@@ -20,22 +18,42 @@ from importlib import resources
 
 from sealboot.errors import InputError, TooLarge
 from sealboot_agent import __version__
+from sealboot_agent.userdata import MANIFEST_VAR, Refused, sealed_boothook
 from sealboot_agent.wire import Manifest, WireError, gzip_deterministic
 
 log = logging.getLogger(__name__)
 
 EC2_USERDATA_MAX = 16384
+# What a one-fragment manifest may cost at most, the AWS CLI fallback's code included (gzipped).
+ONE_FRAGMENT_BUDGET = 10 * 1024
 # cloud-init: the default; capa: CAPA's legacy /etc/secret-userdata.txt + include + restart.
 RENDER_HANDOFFS = ("cloud-init", "capa")
 CAPA_USERDATA = "/etc/secret-userdata.txt"
 BOOTHOOK_TYPE = "text/cloud-boothook"
-_MANIFEST_VAR = "SEALBOOT_MANIFEST"
+# The agent modules the AWS CLI fallback runs, embedded in the boothook.
+EMBEDDED = {"@@USERDATA_PY@@": "userdata.py", "@@FALLBACK_PY@@": "fallback.py"}
 # Keep every line far below RFC 5322's 998-character limit for 7bit MIME bodies.
 _CHUNK = 160
 
 
 def _template() -> str:
     return resources.files("sealboot").joinpath("templates/boothook.sh").read_text()
+
+
+def embedded_code(module: str) -> str:
+    """An agent module's code as the boothook carries it: the same AST, docstrings removed."""
+    tree = ast.parse(resources.files("sealboot_agent").joinpath(module).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
 
 def q(value: str) -> str:
@@ -57,9 +75,9 @@ def _assignments(manifest: Manifest, handoff: str) -> str:
     lines.append("# Every value below is single-quoted: data, never code.")
     lines.append("# shellcheck disable=SC2016")
     lines.append("{")
-    lines.append(f"{_MANIFEST_VAR}=''")
+    lines.append(f"{MANIFEST_VAR}=''")
     for start in range(0, len(text), _CHUNK):
-        lines.append(f"{_MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
+        lines.append(f"{MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
     lines.append("}")
     # Names one per line for the messages (and for code that cannot parse JSON).
     return "\n".join(lines)
@@ -72,6 +90,11 @@ def render_boothook(manifest: Manifest, handoff: str = "cloud-init") -> str:
     if handoff not in RENDER_HANDOFFS:
         raise InputError(f"hand-off {handoff!r} is not one of {', '.join(RENDER_HANDOFFS)}")
     script = script.replace("@@ASSIGNMENTS@@", _assignments(manifest, handoff))
+    for marker, module in EMBEDDED.items():
+        code = embedded_code(module)
+        if "\nSEALBOOT_" in code or "@@" in code:
+            raise AssertionError(f"{module} would end its heredoc early")
+        script = script.replace(marker, code)
     if "@@" in script:
         raise AssertionError("boothook template has an unfilled marker")
     return script
@@ -98,66 +121,52 @@ def _too_large(manifest: Manifest, size: int, how: str) -> TooLarge:
 
 
 def render(manifest: Manifest, handoff: str = "cloud-init") -> str:
-    """EC2 user data for *manifest* as text: MIME with one ``text/cloud-boothook`` part."""
+    """EC2 user data for *manifest* as text: MIME with one ``text/cloud-boothook`` part.
+
+    The text is what :func:`render_userdata` sends, gzipped when only that fits in 16 KB.
+    """
     text = _mime(manifest, handoff)
-    size = len(text.encode())
-    if size > EC2_USERDATA_MAX:
-        raise _too_large(manifest, size, "as text")
+    _fit(manifest, text.encode())
     return text
 
 
-def render_userdata(manifest: Manifest, handoff: str = "cloud-init") -> bytes:
-    """The user data bytes: the MIME text, or gzip of it when only that fits in 16 KB.
-
-    cloud-init decompresses gzip user data itself, so a manifest naming many fragments still
-    fits. Example::
-
-        >>> render_userdata(manifest)[:13]
-        b'Content-Type:'
-    """
-    raw = _mime(manifest, handoff).encode()
+def _fit(manifest: Manifest, raw: bytes) -> bytes:
     if len(raw) <= EC2_USERDATA_MAX:
         return raw
     packed = gzip_deterministic(raw)
     if len(packed) > EC2_USERDATA_MAX:
         raise _too_large(manifest, len(packed), "even gzipped")
-    log.info(
-        "user data is %d bytes as text; gzipped to %d bytes (cloud-init reads both)",
-        len(raw),
-        len(packed),
-    )
     return packed
 
 
-def _boothook_text(userdata: str) -> str:
-    if userdata.startswith("#cloud-boothook"):
-        return userdata
-    msg = email.message_from_string(userdata, policy=email.policy.compat32)
-    for part in msg.walk():
-        if part.get_content_type() == BOOTHOOK_TYPE:
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                return payload.decode("utf-8", "replace")
-    raise InputError("no text/cloud-boothook part found; is this sealboot user data?")
+def render_userdata(manifest: Manifest, handoff: str = "cloud-init") -> bytes:
+    """The user data bytes: the MIME text, or gzip of it when only that fits in 16 KB.
+
+    cloud-init decompresses gzip user data itself. Example::
+
+        >>> render_userdata(manifest)[:2]
+        b'\\x1f\\x8b'
+    """
+    raw = _mime(manifest, handoff).encode()
+    packed = _fit(manifest, raw)
+    if packed is not raw:
+        log.info(
+            "user data is %d bytes as text; gzipped to %d bytes (cloud-init reads both)",
+            len(raw),
+            len(packed),
+        )
+    return packed
 
 
 def inspect(userdata: str | bytes) -> Manifest:
     """Read back the manifest that rendered *userdata* (text, bytes or gzip) carries."""
-    if isinstance(userdata, bytes):
-        if userdata[:2] == b"\x1f\x8b":
-            try:
-                userdata = gzip.decompress(userdata)
-            except (OSError, EOFError) as exc:
-                raise InputError(f"user data looks gzipped but is not: {exc}") from exc
-        userdata = userdata.decode("utf-8", "replace")
-    parts: list[str] = []
-    for line in _boothook_text(userdata).splitlines():
-        if line.startswith((f"{_MANIFEST_VAR}=", f"{_MANIFEST_VAR}+=")):
-            value = "".join(shlex.split(line.split("=", 1)[1]))
-            parts.append(value)
-    if not parts:
-        raise InputError("the boothook carries no sealboot manifest")
+    if isinstance(userdata, str):
+        userdata = userdata.encode("utf-8", "surrogateescape")
     try:
-        return Manifest.from_json("".join(parts))
+        text, _ = sealed_boothook(userdata)
+    except Refused as exc:
+        raise InputError(f"this is not user data rendered by sealboot: {exc}") from None
+    try:
+        return Manifest.from_json(text)
     except WireError as exc:
         raise InputError(f"the manifest in this user data is invalid: {exc}") from exc

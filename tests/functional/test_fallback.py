@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import gzip
 import subprocess
 import time
 from email.mime.multipart import MIMEMultipart
@@ -55,7 +56,7 @@ def test_fallback_fetches_verifies_places_and_deletes(instance: Instance, tmp_pa
     assert [p.read_bytes() for p in instance.cloud_config_parts()] == [payload]
     assert instance.private.read_bytes() == payload
     assert secret_names(instance.stack) == []
-    assert (instance.scripts / "zz-sealboot-cleanup").exists()
+    assert (instance.scripts / "~sealboot-cleanup").exists()
     assert_no_secret(instance.all_text().replace(payload, b""), payload)
     assert_no_secret(instance.log, payload)
 
@@ -76,7 +77,7 @@ def test_fallback_places_mime_parts(instance: Instance, tmp_path: Path) -> None:
 
     assert res.returncode == 0, instance.log
     assert len(instance.cloud_config_parts()) == 1
-    assert (instance.scripts / "sealboot-01-go.sh").read_text().startswith("#!/bin/sh")
+    assert (instance.scripts / "go.sh").read_text().startswith("#!/bin/sh")
     assert (instance.root / "hook-ran").exists()
     assert secret_names(instance.stack) == []
 
@@ -184,7 +185,7 @@ def test_neither_agent_nor_cli_fails_loudly(instance: Instance, tmp_path: Path) 
 
     part = next(
         p
-        for p in email.message_from_bytes(sealed.userdata_path.read_bytes()).walk()
+        for p in email.message_from_bytes(gzip.decompress(sealed.userdata_path.read_bytes())).walk()
         if p.get_content_type() == "text/cloud-boothook"
     )
     body = part.get_payload(decode=True)

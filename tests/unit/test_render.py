@@ -19,7 +19,13 @@ import pytest
 
 from sealboot.errors import InputError, TooLarge
 from sealboot.render import inspect, q, render, render_boothook, render_userdata
-from sealboot_agent.wire import DEFAULT_ROOT, Manifest, native_fragment_names, random_token
+from sealboot_agent.wire import (
+    DEFAULT_ROOT,
+    Manifest,
+    gzip_deterministic,
+    native_fragment_names,
+    random_token,
+)
 
 render_mod = importlib.import_module("sealboot.render")
 SHELLCHECK = str(Path(sys.executable).with_name("shellcheck"))
@@ -194,7 +200,8 @@ def test_q_refuses_nul() -> None:
 
 
 def test_render_refuses_over_16k_and_states_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = tuple(f"{DEFAULT_ROOT}/{'n' * 400}/{i}-{i}" for i in range(200))
+    # Independent random tokens do not compress, so even gzip cannot bring 400 names under 16 KB.
+    names = tuple(f"{DEFAULT_ROOT}/default/c1/m1/{random_token()}-{i}" for i in range(400))
     big = Manifest(
         backend="secrets-manager", format="native", fragments=names, region="eu-west-1", sha256=SHA
     )
@@ -202,22 +209,23 @@ def test_render_refuses_over_16k_and_states_the_size(monkeypatch: pytest.MonkeyP
         render(big)
     assert info.value.exit_code == 3
     assert "16384" in info.value.message
-    # The size it reports is the real size of what it would have rendered.
+    # The size it reports is the real size of what it would have sent.
     monkeypatch.setattr(render_mod, "EC2_USERDATA_MAX", 10**9)
-    actual = len(render(big).encode())
+    actual = len(gzip_deterministic(render(big).encode()))
     assert actual > 16384
     assert f"{actual} bytes" in info.value.message
 
 
 def test_render_accepts_just_under_the_limit() -> None:
-    # Grow the fragment list until render refuses; the last one that fit must be <= 16384.
+    # Grow a list of incompressible names until render refuses; what fit must be <= 16384.
     fitted = 0
-    for count in range(1, 200):
+    for count in range(1, 400, 7):
+        names = tuple(f"{DEFAULT_ROOT}/default/c1/m1/{random_token()}-0" for _ in range(count))
         try:
-            text = render(manifest(count))
+            data = render_userdata(Manifest("secrets-manager", "native", names, sha256=SHA))
         except TooLarge:
             break
-        assert len(text.encode()) <= 16384
+        assert len(data) <= 16384
         fitted = count
     else:
         pytest.fail("render never refused")

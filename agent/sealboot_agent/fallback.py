@@ -1,0 +1,338 @@
+"""The boothook's fallback for images without sealboot-agent: the same rules, with the AWS CLI.
+
+``sealboot render`` embeds this module and :mod:`sealboot_agent.userdata` in the boothook (their
+code, docstrings stripped), so the fallback splits, refuses, places and reports exactly as the
+agent does. Only fetching and deleting differ: they go through ``aws`` (v2), the only AWS client
+such an image has. Stdlib only; runs on the image's python3 (3.9+).
+
+Example::
+
+    $ python3 -I -S -c '...; main(argv)' MANIFEST_JSON   # what the boothook runs
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from sealboot_agent import userdata
+
+CAP = 16 * 1024 * 1024
+# The agent's exit codes (README): the fallback uses the same numbers for the same failures.
+MANIFEST, MISSING, DENIED, INTEGRITY, SERVICE, WRITE, UNSUPPORTED = 2, 4, 5, 6, 7, 8, 11
+_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,2048}")
+_RETRY = re.compile(
+    r"Throttl|TooManyRequests|ServiceUnavailable|InternalServiceError|InternalFailure|"
+    r"Could not connect|Connection was closed|Read timeout|Unable to locate credentials|"
+    r"Error when retrieving credentials"
+)
+
+
+class Failed(Exception):
+    """A fallback failure: exit code, what went wrong, what to do."""
+
+    def __init__(self, code: int, message: str, advice: str):
+        super().__init__(message)
+        self.code = code
+        self.advice = advice
+
+
+def say(level: str, message: str) -> None:
+    """One log line in cloud-init-output.log, the boothook's format."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sys.stdout.write(f"{stamp} sealboot-boothook[{os.getpid()}] {level}: {message}\n")
+    sys.stdout.flush()
+
+
+def read_manifest(text: str) -> dict[str, object]:
+    """The fields the fallback uses, each type-checked; the toolkit validated the rest."""
+    try:
+        m = json.loads(text)
+    except (ValueError, RecursionError):
+        m = None
+    names = m.get("fragments") if isinstance(m, dict) else None
+    ok = (
+        isinstance(m, dict)
+        and m.get("backend") in ("secrets-manager", "ssm")
+        and isinstance(names, list)
+        and 0 < len(names) <= 1024
+        and all(isinstance(n, str) and _NAME.fullmatch(n) for n in names)
+        and isinstance(m.get("region"), str)
+        and all(isinstance(m.get(k), (str, type(None))) for k in ("endpoint_url", "sha256"))
+        and all(isinstance(m.get(k), (int, type(None))) for k in ("size", "raw_size"))
+    )
+    if not ok:
+        raise Failed(MANIFEST, "the manifest in the boothook is invalid", "re-render it")
+    return m  # type: ignore[no-any-return]
+
+
+class Cli:
+    """``aws`` calls for one manifest, retried with full jitter until the deadline."""
+
+    def __init__(self, m: dict[str, object], env: dict[str, str], deadline: float):
+        self.m = m
+        self.env = env
+        self.deadline = deadline
+        self.common = ["--region", str(m["region"])]
+        if m.get("endpoint_url"):
+            self.common += ["--endpoint-url", str(m["endpoint_url"])]
+
+    def call(self, what: str, args: list[str]) -> str:
+        """Standard output of ``aws ARGS``; Failed with the agent's exit code otherwise."""
+        attempt = 0
+        while True:
+            res = subprocess.run(
+                ["aws", *args, *self.common],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=self.env,
+                check=False,
+            )
+            if res.returncode == 0:
+                return res.stdout.decode("ascii", "replace")
+            err = shown(res.stderr, 300)
+            if "ResourceNotFoundException" in err or "ParameterNotFound" in err:
+                raise Failed(MISSING, f"{what}: does not exist ({err})", "re-seal and replace")
+            if "AccessDenied" in err or "DecryptionFailure" in err or "KMS" in err:
+                raise Failed(
+                    DENIED,
+                    f"{what}: access denied ({err})",
+                    "grant the instance role read and delete on its fragments (sealboot policy)",
+                )
+            if not _RETRY.search(err):
+                raise Failed(SERVICE, f"{what} failed (exit {res.returncode}: {err})", "check")
+            delay = random.uniform(0, min(5.0, 0.2 * 2**attempt))  # noqa: S311 - jitter
+            if time.monotonic() + delay >= self.deadline:
+                raise Failed(
+                    SERVICE,
+                    f"{what}: gave up after {attempt + 1} attempt(s) at the deadline ({err})",
+                    "run it again",
+                )
+            time.sleep(delay)
+            attempt += 1
+
+    def fetch(self) -> bytes:
+        names = [str(n) for n in self.m["fragments"]]  # type: ignore[attr-defined]
+        if self.m["backend"] == "ssm":
+            # SSM values are slices of one base64 text (as CAPA writes them): join, then decode.
+            text = "".join(
+                self.call(
+                    f"fragment {n}",
+                    [
+                        "ssm",
+                        "get-parameter",
+                        "--name",
+                        n,
+                        "--with-decryption",
+                        "--query",
+                        "Parameter.Value",
+                        "--output",
+                        "text",
+                    ],
+                ).strip()
+                for n in names
+            )
+            return _b64(text, "the fragments are not base64 text")
+        return b"".join(
+            _b64(
+                self.call(
+                    f"fragment {n}",
+                    [
+                        "secretsmanager",
+                        "get-secret-value",
+                        "--secret-id",
+                        n,
+                        "--query",
+                        "SecretBinary",
+                        "--output",
+                        "text",
+                    ],
+                ),
+                f"fragment {n} is not binary data",
+            )
+            for n in names
+        )
+
+    def delete(self) -> None:
+        for n in self.m["fragments"]:  # type: ignore[attr-defined]
+            if self.m["backend"] == "ssm":
+                args = ["ssm", "delete-parameter", "--name", n]
+            else:
+                args = [
+                    "secretsmanager",
+                    "delete-secret",
+                    "--secret-id",
+                    n,
+                    "--force-delete-without-recovery",
+                ]
+            try:
+                self.call(f"deleting {n}", args)
+            except Failed as exc:
+                if exc.code != MISSING:
+                    say("WARNING", f"could not delete {n}; remove it with 'sealboot delete'")
+
+
+def shown(value: bytes, limit: int) -> str:
+    """Outside text (the CLI's error output), one line, controls escaped, bounded."""
+    text = value.decode("utf-8", "backslashreplace").strip()[:limit]
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda c: repr(c.group())[1:-1], text)
+
+
+def _b64(text: str, why: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        raise Failed(INTEGRITY, why, "re-seal; nothing was deleted") from None
+
+
+def verify(m: dict[str, object], stream: bytes) -> bytes:
+    """The user data: sizes and digest as sealed, decompressed within the cap."""
+    if m.get("size") is not None and len(stream) != m["size"]:
+        raise Failed(INTEGRITY, "the fragments do not have the sealed size", "re-seal")
+    digest = hashlib.sha256(stream).hexdigest()
+    if m.get("sha256") and not hmac.compare_digest(digest, str(m["sha256"])):
+        raise Failed(
+            INTEGRITY,
+            f"sha256 of the reassembled fragments is {digest}, the manifest says {m['sha256']}",
+            "a fragment was changed; re-seal, and check who can write these secrets",
+        )
+    try:
+        data = userdata.gunzip(stream, userdata.Budget(CAP))
+    except userdata.Refused as exc:
+        raise Failed(INTEGRITY, f"the payload is not valid: {exc}", "re-seal") from None
+    if m.get("raw_size") is not None and len(data) != m["raw_size"]:
+        raise Failed(INTEGRITY, "the user data does not have the sealed size", "re-seal")
+    return data
+
+
+def writer(root: str) -> Callable[[str, bytes, int], None]:
+    """Atomic, durable writes under *root*; a symlink on the way is refused, never followed."""
+
+    def write(inner: str, data: bytes, mode: int) -> None:
+        path = root + inner
+        parent = os.path.dirname(path)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if root and os.path.realpath(parent) != os.path.abspath(parent):
+            raise Failed(WRITE, f"{inner}: a directory on the way is a symlink", "check the root")
+        tmp = f"{path}.sealboot-tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise Failed(
+                WRITE, f"cannot write {inner} durably ({exc.strerror})", "free space"
+            ) from None
+
+    return write
+
+
+def aws_env(m: dict[str, object], imds: str) -> dict[str, str]:
+    """Settings for the AWS CLI: strict IMDSv2, no pager, a quick retry, FIPS if sealed so."""
+    env = dict(os.environ, AWS_EC2_METADATA_V1_DISABLED="true", AWS_PAGER="")
+    env.update(AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="2")
+    if imds:
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.rstrip("/") + "/"
+    if m.get("use_fips") is True:
+        env["AWS_USE_FIPS_ENDPOINT"] = "true"
+    return env
+
+
+def run(
+    manifest: str, root: str, instance_id: str, manifest_id: str, deadline: float, imds: str
+) -> None:
+    """Fetch, verify, refuse before any delete, write durably, delete, place."""
+    m = read_manifest(manifest)
+    say(
+        "INFO",
+        f"sealboot-agent is not installed; fetching {len(m['fragments'])} fragment(s) "  # type: ignore[arg-type]
+        "with the AWS CLI",
+    )
+    work = tempfile.mkdtemp(prefix="sealboot.")
+    try:
+        cli = Cli(m, aws_env(m, imds), deadline)
+        data = verify(m, cli.fetch())
+        say("INFO", f"verified sha256 {m.get('sha256')}; user data is {len(data)} bytes")
+        try:
+            parts = userdata.split(data, userdata.Budget(CAP - len(data)))
+            userdata.scripts_dir(instance_id)
+        except userdata.Refused as exc:
+            code = INTEGRITY if exc.too_large else UNSUPPORTED
+            raise Failed(code, str(exc), "seal cloud-config, shell scripts or boothooks") from None
+        write = writer(root)
+        write("/var/lib/sealboot/userdata", data, 0o600)
+        say("INFO", f"wrote /var/lib/sealboot/userdata ({len(data)} bytes, mode 0600, synced)")
+        cli.delete()
+        say("INFO", f"deleted {len(m['fragments'])} fragment(s)")  # type: ignore[arg-type]
+
+        def boothook(part: userdata.Part, iid: str) -> None:
+            hook = os.path.join(work, f"boothook-{part.index:03d}")
+            writer("")(hook, userdata.boothook_body(part.payload), 0o700)
+            env = dict(os.environ, INSTANCE_ID=iid)
+            rc = subprocess.run([hook], cwd=root or "/", env=env, check=False).returncode
+            if rc:
+                say("WARNING", f"part {part.index + 1}: the nested boothook exited {rc}")
+
+        userdata.place(
+            parts,
+            instance_id,
+            write,
+            boothook,
+            plaintext="/var/lib/sealboot/userdata",
+            keep_plaintext=False,
+        )
+        scripts = root + userdata.scripts_dir(instance_id)
+        if os.path.lexists(f"{scripts}/{userdata.FAILED_SCRIPT}"):
+            os.unlink(f"{scripts}/{userdata.FAILED_SCRIPT}")
+        write(f"/var/lib/sealboot/done/{manifest_id}", b"", 0o600)
+        say(
+            "INFO",
+            f"hand-off cloud-init: {userdata.describe(parts)}; plaintext removed after "
+            "the final stage",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    """``MANIFEST ROOT INSTANCE_ID MANIFEST_ID DEADLINE_SECONDS IMDS_URL``; the exit code."""
+    manifest, root, instance_id, manifest_id, seconds, imds = argv
+    try:
+        run(manifest, root, instance_id, manifest_id, time.monotonic() + float(seconds), imds)
+    except Failed as exc:
+        say("ERROR", str(exc))
+        say("ERROR", f"what to do: {exc.advice}; nothing was deleted unless the log says so")
+        say("ERROR", f"exit {exc.code}")
+        try:
+            userdata.scripts_dir(instance_id)
+        except userdata.Refused:
+            return exc.code
+        text = userdata.failure_text(f"{exc} (exit {exc.code})")
+        with contextlib.suppress(Failed):
+            writer(root)(
+                f"{userdata.scripts_dir(instance_id)}/{userdata.FAILED_SCRIPT}", text, 0o700
+            )
+        return exc.code
+    return 0
