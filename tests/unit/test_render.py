@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import email
 import email.message
 import email.policy
@@ -358,3 +359,33 @@ def test_boothook_does_nothing_once_the_done_marker_exists(tmp_path: Path) -> No
     assert not marker.exists()
     log = (tmp_path / "root" / "var" / "log" / "cloud-init-output.log").read_text()
     assert "nothing to do" in log
+
+
+# --- the AWS CLI fallback carries the agent's own code ----------------------------------------
+
+
+def _heredoc(script: str, delimiter: str) -> str:
+    start = script.index(f"<<'{delimiter}'\n") + len(delimiter) + 4
+    return script[start : script.index(f"\n{delimiter}\n", start)]
+
+
+def _without_docstrings(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body:
+            first = body[0]
+            value = first.value if isinstance(first, ast.Expr) else None
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "module"),
+    [("SEALBOOT_USERDATA_PY", "userdata.py"), ("SEALBOOT_FALLBACK_PY", "fallback.py")],
+)
+def test_the_fallback_runs_the_same_code_as_the_agent(delimiter: str, module: str) -> None:
+    embedded = _heredoc(render_boothook(manifest(3)), delimiter)
+    source = (Path(__file__).parents[2] / "agent/sealboot_agent" / module).read_text()
+    assert ast.dump(ast.parse(embedded)) == _without_docstrings(source)
