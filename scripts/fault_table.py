@@ -1,4 +1,4 @@
-"""Print (or, with --write, update in README.md) the fault table generated from the tests."""
+"""Print (or, with --write, update in README.md) the fault and hostile-input tables of the tests."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.functional.faults import markdown_table  # noqa: E402
+from tests.functional import faults  # noqa: E402
+from tests.hostile import matrix  # noqa: E402
 
-START, END = "<!-- fault-matrix -->\n", "<!-- /fault-matrix -->"
+TABLES = {"fault-matrix": faults.markdown_table, "hostile-matrix": matrix.markdown_table}
 
 
 def main(argv: list[str]) -> int:
-    table = markdown_table()
-    if "--write" not in argv:
-        sys.stdout.write(table)
-        return 0
     readme = REPO / "README.md"
     text = readme.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + START + table + END + tail)
+    for name, table in TABLES.items():
+        if "--write" not in argv:
+            sys.stdout.write(table())
+            continue
+        head, rest = text.split(f"<!-- {name} -->\n", 1)
+        _, tail = rest.split(f"<!-- /{name} -->", 1)
+        text = f"{head}<!-- {name} -->\n{table()}<!-- /{name} -->{tail}"
+    if "--write" in argv:
+        readme.write_text(text)
     return 0
 
 
