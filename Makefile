@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional e2e image dist bench system-deps clean help
+.PHONY: setup demo test lint fmt unit functional e2e image dist bench system-deps clean help hostile
 BENCH_ARGS ?=
 
 help:
@@ -58,6 +58,10 @@ test: lint system-deps
 # Real cloud-init in chroots (needs root; caches Debian rootfs under /var/cache/sealboot).
 e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m e2e tests/e2e
+
+# The hostile-input properties with many more examples than make test runs (profile "long").
+hostile: $(STAMP)
+	SEALBOOT_HYPOTHESIS=long $(BIN)/python -m pytest $(PYTEST_ARGS) tests/hostile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests/unit
