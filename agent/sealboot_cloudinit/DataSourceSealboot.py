@@ -10,6 +10,12 @@ cloud-init processes any of it: jinja templates, merge_how, bootcmd and every pa
 if EC2 had delivered it in the clear. If the agent fails, the sealed user data stays, so the
 boothook path runs (and reports the failure in ``cloud-init status``).
 
+Any other user data, even hostile or corrupt, leaves everything exactly as the EC2 datasource
+made it: a failure to recognise user data means "not sealboot's". A refresh after the first boot
+(``update_metadata_if_supported`` on a restored ``obj.pkl``: hotplug, ``updates: {network: {when:
+[boot]}}``) reads the same sealed user data again; the datasource then restores what it unsealed
+the first time and never runs the agent again (its fragments are gone).
+
 Stdlib only: this module is imported by cloud-init's own python3 (3.9 to 3.13) on every boot,
 and ``obj.pkl`` references it, so it must stay importable for the life of the instance.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import hashlib
 import logging
 import shlex
 import subprocess
@@ -64,17 +71,87 @@ def sealed_manifest(raw: object) -> str | None:
     return "".join(parts)
 
 
+def _manifest_of(raw: object) -> str | None:
+    """:func:`sealed_manifest`, where any failure to read *raw* means "not sealboot's"."""
+    try:
+        return sealed_manifest(raw)
+    except Exception as exc:  # noqa: BLE001
+        # Hostile or corrupt user data can make any parser raise anything (zlib.error, shlex's
+        # ValueError, RecursionError, MemoryError); none of it is sealboot's, and an exception
+        # out of _get_data would leave cloud-init on DataSourceNone. The type only: an
+        # exception's text can quote user-data bytes.
+        LOG.debug("sealboot: user data is not sealboot's (%s)", type(exc).__name__)
+        return None
+
+
+def _digest(raw: object) -> str:
+    """SHA-256 of user data as IMDS served it (text as :func:`sealed_manifest` encodes it)."""
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    return hashlib.sha256(data if isinstance(data, bytes) else b"").hexdigest()
+
+
 class DataSourceSealboot(DataSourceEc2.DataSourceEc2):  # type: ignore[misc]
     """The EC2 datasource, unsealing sealboot user data before cloud-init reads it."""
+
+    # (SHA-256 of the sealed user data, what the agent unsealed from it or None when it failed).
+    # It pickles with the datasource (obj.pkl, 0400 root, which holds the unsealed user data
+    # anyway), and no cloud-init release resets it: clear_cached_attrs() before a refresh resets
+    # only cached_attr_defaults (userdata_raw among them), _unpickle() only fills in
+    # attributes that are missing. The class default serves an obj.pkl of an older sealboot.
+    _sealboot_unsealed: tuple[str, bytes | None] | None = None
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickle as cloud-init does, then take over what an older sealboot unsealed."""
+        # Newer cloud-init restores through CloudInitPickleMixin (which calls _unpickle);
+        # 20.4's DataSource is a plain object, where pickle's default is this update.
+        restore = getattr(super(), "__setstate__", None)
+        if restore is not None:
+            restore(state)
+        else:
+            self.__dict__.update(state)
+        if "_sealboot_unsealed" not in self.__dict__:
+            try:
+                self._sealboot_unsealed = self._unsealed_by_older_version()
+            except Exception as exc:  # noqa: BLE001
+                # An exception here would discard obj.pkl, and rediscovery re-runs the agent.
+                LOG.debug("sealboot: nothing to remember from obj.pkl (%s)", type(exc).__name__)
+
+    def _unsealed_by_older_version(self) -> tuple[str, bytes | None] | None:
+        """What an older sealboot unsealed, from its obj.pkl: the crawl kept the sealed bytes."""
+        crawled = getattr(self, "_crawled_metadata", None)
+        sealed = crawled.get("user-data") if isinstance(crawled, dict) else None
+        raw = getattr(self, "userdata_raw", None)
+        if not isinstance(raw, bytes) or sealed is None or _digest(raw) == _digest(sealed):
+            return None
+        if _manifest_of(sealed) is None:
+            return None
+        return _digest(sealed), raw
 
     def _get_data(self):  # type: ignore[no-untyped-def]
         found = super()._get_data()
         if not found:
             return found
-        manifest = sealed_manifest(getattr(self, "userdata_raw", None))
+        raw = getattr(self, "userdata_raw", None)
+        manifest = _manifest_of(raw)
         if manifest is None:
+            if self._sealboot_unsealed is not None:
+                self._sealboot_unsealed = None  # not sealboot's any more: keep no plaintext
+            return found
+        digest = _digest(raw)
+        remembered = self._sealboot_unsealed
+        if isinstance(remembered, tuple) and len(remembered) == 2 and remembered[0] == digest:
+            # A refresh of a datasource that already handled this sealed user data: its fragments
+            # are gone (deleted by the agent, here or in the boothook), so running the agent again
+            # could only fail and hand cloud-init the boothook, which obj.pkl and user-data.txt
+            # would then keep for every later boot.
+            if isinstance(remembered[1], bytes):
+                self.userdata_raw = remembered[1]
+                LOG.info("sealboot: user data unsealed before; not fetching it again")
+            else:
+                LOG.info("sealboot: unsealing failed before; leaving the user data to the boothook")
             return found
         real = self._unseal(manifest)
+        self._sealboot_unsealed = (digest, real)
         if real is not None:
             self.userdata_raw = real
         return found
