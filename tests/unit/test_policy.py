@@ -321,8 +321,9 @@ def test_controller_policy_covers_exactly_what_the_toolkit_calls() -> None:
 def test_node_policy_covers_what_the_agent_and_the_fallback_call() -> None:
     agent = ROOT / "agent/sealboot_agent"
     called = _operations(agent / "fetch.py", agent / "ssm.py", agent / "delete.py")
-    template = (ROOT / "boothook/sealboot/templates/boothook.sh").read_text()
-    for service, command in re.findall(r"\b(secretsmanager|ssm) +([a-z]+-[a-z-]+)", template):
+    # The fallback's AWS CLI calls are argv lists in fallback.py: ["ssm", "get-parameter", ...].
+    fallback = (agent / "fallback.py").read_text()
+    for service, command in re.findall(r'"(secretsmanager|ssm)",\s*"([a-z]+-[a-z-]+)"', fallback):
         called.add(f"{service}:{''.join(w.title() for w in command.split('-'))}")
     granted = set()
     for backend in BACKENDS:
