@@ -284,9 +284,16 @@ def split(data: bytes, budget: Budget) -> list[Part]:
         if ctype in _GZIP_TYPES:
             payload = gunzip(payload, budget)
             ctype = None
+            if not payload.isascii():
+                # cloud-init re-encodes a decompressed part (raw-unicode-escape); refuse rather
+                # than place bytes that differ from what cloud-init would run.
+                raise Refused(f"part {len(parts) + 1} is gzip of non-ASCII bytes")
         if ctype is None or ctype in _SNIFFED:
-            text = _text(payload)
-            ctype = (kind_from_start(text) if text is not None else None) or ctype or "text/plain"
+            # cloud-init reads a text part's first line even when later bytes are not UTF-8.
+            text = payload.decode("utf-8", "surrogateescape")
+            ctype = kind_from_start(text) or ctype or "text/plain"
+        if ctype == "text/cloud-config" and _text(payload) is None:
+            raise Refused(f"part {len(parts) + 1} is cloud-config that is not UTF-8")
         where = len(parts) + 1
         if leaf.launch_index:
             raise Refused(f"part {where} is filtered by Launch-Index, which the hand-off ignores")
