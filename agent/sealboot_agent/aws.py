@@ -21,7 +21,8 @@ from botocore.config import Config
 from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 
 from sealboot_agent import __version__
-from sealboot_agent.imds import Deadline, Imds, RoleCredentials
+from sealboot_agent.deadline import Deadline
+from sealboot_agent.imds import Imds, RoleCredentials
 
 Client = Any
 
@@ -43,7 +44,8 @@ class _ImdsV2Provider(CredentialProvider):  # type: ignore[misc]
 
 def client_config(deadline: Deadline, max_attempts: int = 2, use_fips: bool = False) -> Config:
     """botocore's standard retry mode for a quick retry; the deadline loop in retry.py does
-    the rest, so timeouts stay short enough that no call outlives the deadline by much."""
+    the rest. These timeouts bound each socket read, not a call: an answer that trickles in
+    never times out, so deadline.Watchdog bounds the call."""
     timeout = max(1.0, min(10.0, deadline.remaining() / 3))
     return Config(
         retries={"mode": "standard", "max_attempts": max_attempts},

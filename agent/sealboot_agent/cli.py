@@ -385,6 +385,7 @@ def main(
         stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
         return exc.exit_code
     configure_logging(cfg.verbose, cfg.path(cfg.log_file) if cfg.log_file else None, stderr)
+    from sealboot_agent.deadline import within_deadline
     from sealboot_agent.run import Deps, run_fetch
 
     label = cfg.manifest.labels.get("machine")
@@ -396,7 +397,12 @@ def main(
         cfg.manifest.manifest_id,
     )
     try:
-        state = run_fetch(cfg, Deps())
+        # A watchdog ends a network call that outlives --deadline (timeouts are per read).
+        state = within_deadline(
+            cfg.deadline,
+            lambda: run_fetch(cfg, Deps()),
+            last_words=lambda err: _report_to_cloud_init(cfg, err),
+        )
         if cfg.handoff == "stdout":
             from sealboot_agent.run import handed_over_copy
 
@@ -442,4 +448,6 @@ def entrypoint() -> None:
     # and cost ~10 ms of every boot; reference counting still frees everything outside cycles.
     # (Here, not in main(): tests call main() inside a long-lived pytest process.)
     gc.disable()
-    sys.exit(main())
+    from sealboot_agent.deadline import finish
+
+    sys.exit(finish(main()))

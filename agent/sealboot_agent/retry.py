@@ -1,7 +1,8 @@
 """The retry rule for AWS calls: full-jitter backoff inside one deadline.
 
 botocore's standard mode does a quick retry of its own; this loop adds what botocore cannot
-express: a total deadline shared by every call, and a short, bounded window after boot in which
+express: a total deadline shared by every call (no attempt starts after it, and a call the
+Watchdog cuts short counts as timed out), and a short, bounded window after boot in which
 AccessDenied is retried because a freshly attached instance profile takes time to propagate.
 
 Example::
@@ -27,7 +28,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from sealboot_agent.imds import Deadline
+from sealboot_agent.deadline import AWS, Deadline, DeadlinePassed, waiting_for
+from sealboot_agent.errors import shown
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +75,24 @@ class IncompleteResponse(BotoCoreError):  # type: ignore[misc]
     fmt = "incomplete response to {operation}: {detail}"
 
 
+class NotStarted(Exception):
+    """The deadline had passed before a call could start, so it was not made."""
+
+
 def client_error(exc: ClientError) -> tuple[str, str, str]:
-    """(code, message, request id) of a botocore error; a bare 403 counts as access denied."""
+    """(code, message, request id) of a botocore error; a bare 403 counts as access denied.
+
+    All three come from the endpoint, so they are returned escaped and bounded (``shown``).
+    """
     err = exc.response.get("Error", {})
-    code = str(err.get("Code", "?"))
-    message = str(err.get("Message", ""))
+    code = shown(err.get("Code", "?"), 100)
+    message = shown(err.get("Message", ""))
     meta = exc.response.get("ResponseMetadata", {})
     status = meta.get("HTTPStatusCode")
     if status == 403 and code not in DENIED | KMS:
         # Some endpoints answer 403 in a body botocore cannot parse; it is still a denial.
-        code, message = "AccessDeniedException", f"HTTP 403 {message[:200]}"
-    return code, message, str(meta.get("RequestId", ""))
+        code, message = "AccessDeniedException", f"HTTP 403 {message}"
+    return code, message, shown(meta.get("RequestId", ""), 100)
 
 
 def classify(exc: BaseException) -> str:
@@ -115,11 +124,13 @@ class Exhausted(Exception):
         self.seconds = seconds
 
     def describe(self) -> str:
+        if isinstance(self.cause, (DeadlinePassed, NotStarted)):
+            return f"{self.cause}; {self.attempts} attempt(s) made"
         if isinstance(self.cause, ClientError):
             code, message, rid = client_error(self.cause)
             what = f"{code}: {message}" + (f" (request id {rid})" if rid else "")
         else:
-            what = f"{type(self.cause).__name__}: {self.cause}"
+            what = f"{type(self.cause).__name__}: {shown(self.cause)}"
         return (
             f"{what}; gave up after {self.attempts} attempt(s) when the "
             f"{self.seconds:g}s deadline ran out"
@@ -137,9 +148,21 @@ class RetryPolicy:
 def with_retries(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
     """Call *fn*; retry transient failures with full jitter until the deadline."""
     attempt = 0
+    last: BaseException | None = None
     while True:
+        if policy.deadline.expired():
+            # Also the first attempt: after the deadline no call starts, a delete least of all.
+            cause = last or NotStarted(
+                f"the {policy.deadline.seconds:g}s deadline had passed before {what} could start"
+            )
+            raise Exhausted(cause, attempt, policy.deadline.seconds)
         try:
-            return fn()
+            with waiting_for(AWS, f"AWS ({what})"):
+                return fn()
+        except DeadlinePassed as exc:
+            # Only the main thread gets this: the Watchdog cut a call that outlived the deadline,
+            # a timeout botocore cannot set (its timeouts are per read).
+            raise Exhausted(exc, attempt + 1, policy.deadline.seconds) from None
         except (ClientError, BotoCoreError) as exc:
             kind = classify(exc)
             if kind == "final":
@@ -149,6 +172,7 @@ def with_retries(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
             label = client_error(exc)[0] if isinstance(exc, ClientError) else type(exc).__name__
             if not policy.deadline.backoff(attempt, base=0.1, cap=4.0):
                 raise Exhausted(exc, attempt + 1, policy.deadline.seconds) from exc
+            last = exc
             attempt += 1
             log.info("%s: %s, retry %d", what, label, attempt)
 

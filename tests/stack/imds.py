@@ -53,6 +53,9 @@ class Faults:
     latency: float = 0.0  # seconds added to every response
     no_role_until: float = 0.0  # security-credentials/ answers 404 until then
     refuse_token: bool = False  # token PUTs get 403
+    trickle: float = 0.0  # > 0: every body is sent a byte at a time, this many seconds apart
+    trickle_for: float = 20.0  # ... for at most this long, then the rest at once
+    redirect: str = ""  # GETs with a valid token answer 302 to this base URL + the path
 
 
 @dataclass
@@ -65,11 +68,31 @@ class Hit:
 @dataclass
 class _State:
     identity: Identity
-    credentials: Callable[[], dict[str, str]]
+    credentials: Callable[[], dict[str, Any] | str]
     faults: Faults = field(default_factory=Faults)
     tokens: dict[str, float] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def write_slowly(wfile: Any, data: bytes, every: float, limit: float) -> bool:
+    """Write *data* a byte every *every* seconds for at most *limit* seconds, then the rest.
+
+    Bounded so that a server thread always ends by itself; False when the client went away.
+    """
+    end = time.monotonic() + limit
+    sent = 0
+    try:
+        while sent < len(data) and time.monotonic() < end:
+            wfile.write(data[sent : sent + 1])
+            wfile.flush()
+            sent += 1
+            time.sleep(every)
+        wfile.write(data[sent:])
+        wfile.flush()
+    except OSError:
+        return False
+    return True
 
 
 def role_credentials(sts_credentials: dict[str, Any]) -> dict[str, str]:
@@ -85,7 +108,7 @@ def role_credentials(sts_credentials: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _tree(ident: Identity, creds: Callable[[], dict[str, str]]) -> dict[str, Any]:
+def _tree(ident: Identity, creds: Callable[[], dict[str, Any] | str]) -> dict[str, Any]:
     """The metadata tree: a str leaf is a file, a dict is a directory listing."""
     doc = {
         "accountId": ident.account_id,
@@ -139,11 +162,16 @@ def _tree(ident: Identity, creds: Callable[[], dict[str, str]]) -> dict[str, Any
                         "InstanceProfileId": "AIPAEXAMPLE",
                     }
                 ),
-                "security-credentials": {ident.role_name: lambda: json.dumps(creds())},
+                "security-credentials": {ident.role_name: lambda: _document(creds())},
             },
         },
         "dynamic": {"instance-identity": {"document": json.dumps(doc)}},
     }
+
+
+def _document(creds: dict[str, Any] | str) -> str:
+    """The credentials document; a str is served as it is (tests serve malformed ones)."""
+    return creds if isinstance(creds, str) else json.dumps(creds)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -165,7 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        faults = st.faults
+        if faults.trickle > 0:
+            if not write_slowly(self.wfile, data, faults.trickle, faults.trickle_for):
+                self.close_connection = True
+        else:
+            self.wfile.write(data)
 
     def _gate(self) -> bool:
         """Apply faults; False when the connection was dropped."""
@@ -218,6 +251,14 @@ class _Handler(BaseHTTPRequestHandler):
         if expiry is None or expiry < time.monotonic():
             self._send(401, "Unauthorized")
             return
+        if st.faults.redirect:
+            with st.lock:
+                st.hits.append(Hit(self.command, self.path, 302))
+            self.send_response(302)
+            self.send_header("Location", st.faults.redirect.rstrip("/") + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         match = _VERSION_RE.match(self.path.split("?", 1)[0])
         if not match:
             self._send(404, "Not Found")
@@ -261,7 +302,7 @@ class ImdsEmulator(Background):
     def __init__(
         self,
         identity: Identity,
-        credentials: Callable[[], dict[str, str]],
+        credentials: Callable[[], dict[str, Any] | str],
         host: str = "127.0.0.1",
         port: int = 0,
     ):

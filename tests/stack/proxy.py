@@ -1,4 +1,5 @@
-"""A fault-injecting HTTP proxy in front of moto: throttling, 5xx, latency, dropped connections.
+"""A fault-injecting HTTP proxy in front of moto: throttling, 5xx, latency, dropped connections,
+answers that trickle in.
 
 Example::
 
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.stack.imds import write_slowly
 from tests.stack.serve import Background
 
 # Headers http.client manages itself, or that must not be forwarded hop to hop. Host is kept:
@@ -37,7 +39,9 @@ class Faults:
     errors_5xx: int = 0  # the next N requests get a 5xx
     drop: int = 0  # the next N responses are cut off mid-body
     latency: float = 0.0  # seconds added before forwarding
-    only: set[str] | None = None  # restrict 5xx/drop to these APIs (None: all)
+    trickle: float = 0.0  # > 0: bodies are sent a byte at a time, this many seconds apart
+    trickle_for: float = 20.0  # ... for at most this long, then the rest at once
+    only: set[str] | None = None  # restrict 5xx/drop/trickle to these APIs (None: all)
 
 
 @dataclass
@@ -114,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
             if targeted and f.drop > 0:
                 f.drop -= 1
                 return "drop"
+            if targeted and f.trickle > 0:
+                return "trickle"
         return None
 
     def _forward(self) -> None:
@@ -151,6 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if fault == "trickle":
+            if not write_slowly(self.wfile, data, st.faults.trickle, st.faults.trickle_for):
+                self.close_connection = True
             return
         self.wfile.write(data)
 
