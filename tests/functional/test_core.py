@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import stat
 from pathlib import Path
 
@@ -198,5 +199,5 @@ def test_seal_from_stdin(aws: LocalStack, tmp_path: Path) -> None:
         stdin=payload,
     )
     assert res.returncode == 0, res.stderr
-    assert b"text/cloud-boothook" in res.stdout
+    assert b"text/cloud-boothook" in gzip.decompress(res.stdout)  # gzipped: it carries code
     assert_no_secret(res.stdout + res.stderr, payload)
