@@ -143,7 +143,7 @@ def test_a_failed_fetch_is_made_visible_then_cleared(instance: Instance, tmp_pat
 def test_capa_handoff_keeps_the_legacy_layout(instance: Instance, tmp_path: Path) -> None:
     payload = cloud_config()
     sealed = seal(instance.stack, tmp_path, payload, "--handoff", "capa")
-    rendered = sealed.userdata_path.read_text()
+    rendered = gzip.decompress(sealed.userdata_path.read_bytes()).decode()
     assert "Content-Type: text/x-include-url" in rendered
     assert "file:///etc/secret-userdata.txt" in rendered
 
