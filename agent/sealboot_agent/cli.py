@@ -28,14 +28,25 @@ from sealboot_agent.config import (
     DEFAULT_MAX_SIZE,
     DEFAULT_STATE_DIR,
     AgentConfig,
+    checked_inside,
     parse_deadline,
+    parse_seconds,
     pick,
 )
-from sealboot_agent.errors import EXIT_CODES, AgentError, ManifestError, UsageError
+from sealboot_agent.errors import (
+    EXIT_CODES,
+    AgentError,
+    ManifestError,
+    UsageError,
+    WriteError,
+    shown,
+)
 from sealboot_agent.handoff import HANDOFFS
+from sealboot_agent.state import confined_to, open_under
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKENDS,
+    MANIFEST_MAX_BYTES,
     REGION_RE,
     Manifest,
     WireError,
@@ -63,31 +74,57 @@ def _same_file(stream: TextIO, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def configure_logging(verbose: int, log_file: Path | None, stderr: TextIO) -> None:
-    """Log to stderr and to *log_file*, but only once when stderr already is that file."""
-    root = logging.getLogger("sealboot_agent")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+class _AppendHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler over a log file the agent opened itself (under --root, no symlink followed)."""
+
+    def close(self) -> None:
+        try:
+            self.acquire()
+            try:
+                self.stream.close()
+            finally:
+                self.release()
+        finally:
+            super().close()
+
+
+def configure_logging(
+    verbose: int, log_file: Path | None, stderr: TextIO, *, root: Path | None = None
+) -> None:
+    """Log to stderr and to *log_file*, but only once when stderr already is that file.
+
+    *log_file* is opened under *root* (default ``/``) without following a symlink out of it;
+    when it cannot be, the agent logs to stderr only and says why (a log is not worth a boot).
+    """
+    logger = logging.getLogger("sealboot_agent")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
         handler.close()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
     fmt = _UtcFormatter()
     console = logging.StreamHandler(stderr)
     console.setFormatter(fmt)
-    root.addHandler(console)
+    logger.addHandler(console)
     if log_file is not None and not _same_file(stderr, log_file):
+        old = os.umask(0o077)
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            old = os.umask(0o077)
-            try:
-                handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-            finally:
-                os.umask(old)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+            fd = open_under(log_file, flags, 0o600, root=root)
+            handler = _AppendHandler(os.fdopen(fd, "a", encoding="utf-8"))
+        except WriteError as exc:
+            log.warning("%s; logging to stderr only", exc.message)
         except OSError as exc:
-            log.warning("cannot append to %s (%s); logging to stderr only", log_file, exc.strerror)
+            log.warning(
+                "cannot append to %s (%s); logging to stderr only",
+                shown(log_file, limit=4096),
+                exc.strerror,
+            )
         else:
             handler.setFormatter(fmt)
-            root.addHandler(handler)
+            logger.addHandler(handler)
+        finally:
+            os.umask(old)
     # botocore's own debug output can echo response bodies (secret values); keep it quiet.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -97,14 +134,30 @@ def _exit_code_table() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
 
 
+def _ascii_int(text: str) -> int:
+    """An integer in ASCII digits (int() also takes Arabic-Indic digits and "_")."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_seconds(text, "value")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _add_source_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """Where the fragments are: a manifest or a CAPA prefix, plus region and endpoints."""
     src = parser.add_mutually_exclusive_group(required=required)
     src.add_argument(
-        "--manifest", metavar="JSON|FILE", help="the manifest, inline JSON or a file holding it"
+        "--manifest",
+        metavar="JSON|FILE",
+        help="the manifest, inline JSON or a file holding it (at most 1 MiB)",
     )
     src.add_argument("--prefix", help="CAPA-format secrets: the name prefix (with --count)")
-    parser.add_argument("--count", type=int, help="CAPA-format secrets: how many fragments")
+    parser.add_argument("--count", type=_ascii_int, help="CAPA-format secrets: how many fragments")
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -149,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_args(fetch, required=True)
     fetch.add_argument(
-        "--root", help="filesystem root all paths are under (default /) [env SEALBOOT_ROOT]"
+        "--root",
+        help="filesystem root all paths are under (default /); below a root other than /, "
+        "no symlink is followed (exit 8) [env SEALBOOT_ROOT]",
     )
     fetch.add_argument(
         "--output",
@@ -165,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument(
         "--max-size",
-        type=int,
+        type=_ascii_int,
         default=DEFAULT_MAX_SIZE,
         help="refuse user data larger than this once decompressed (default: %(default)s bytes)",
     )
@@ -186,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument(
         "--denied-grace",
-        type=float,
+        type=_seconds,
         default=DEFAULT_DENIED_GRACE,
         metavar="SECONDS",
         help="retry AccessDenied until this long after boot, while IAM propagates a new "
@@ -238,35 +293,62 @@ def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str |
             raise UsageError("give --manifest JSON|FILE or --prefix P --count N")
         text: str = args.manifest
         if not text.lstrip().startswith("{"):
-            try:
-                text = Path(text).read_text()
-            except OSError as exc:
-                raise ManifestError(
-                    f"cannot read manifest {args.manifest}: {exc.strerror}"
-                ) from exc
-        return Manifest.from_json(text)
+            text = _read_manifest_file(text)
+        manifest = Manifest.from_json(text)
+        manifest.check_scope()
+        return manifest
     except WireError as exc:
         raise ManifestError(f"bad manifest: {exc}") from exc
 
 
-def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
-    """The frozen configuration from the command line, then the environment, then defaults."""
+def _read_manifest_file(name: str) -> str:
+    """The manifest file's text; at most MANIFEST_MAX_BYTES are read (it may be /dev/zero)."""
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read(MANIFEST_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {shown(name)}: {exc.strerror}") from exc
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise ManifestError(
+            f"manifest {shown(name)} is over {MANIFEST_MAX_BYTES} bytes; a real one is a few "
+            "hundred"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {shown(name)} is not UTF-8 text") from exc
+
+
+def _sources(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str | None, str | None, str]:
+    """Region, fragment-store endpoint and IMDS endpoint, checked; UsageError if one is bad."""
     region = pick(args.region, env, "region")
     if region is not None and not REGION_RE.match(region):
-        raise UsageError(f"region {region!r} is not an AWS region name (like eu-west-1)")
+        raise UsageError(f"region '{shown(region)}' is not an AWS region name (like eu-west-1)")
     endpoint = pick(args.endpoint_url, env, "endpoint_url")
-    if endpoint is not None:
-        try:
-            check_endpoint_url(endpoint)
-        except WireError as exc:
-            raise UsageError(str(exc)) from exc
+    imds = pick(args.imds_endpoint, env, "imds_endpoint") or DEFAULT_IMDS_ENDPOINT
+    for url in (endpoint, imds):
+        if url is not None:
+            try:
+                check_endpoint_url(url)
+            except WireError as exc:
+                raise UsageError(shown(exc)) from exc
+    return region, endpoint, imds
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
+    """The frozen configuration from the command line, then the environment, then defaults."""
+    region, endpoint, imds = _sources(args, env)
     manifest = _load_manifest(args, region, endpoint)
     root = Path(pick(args.root, env, "root") or "/")
     if not root.is_absolute():
         root = root.resolve()
-    output = args.output or HANDOFFS[args.handoff].default_output
-    if not output.startswith("/"):
-        raise UsageError("--output must be an absolute path (it is taken under --root)")
+    output = checked_inside("--output", args.output or HANDOFFS[args.handoff].default_output)
+    log_file = None
+    if args.log_file != "-":
+        # Taken under --root like --output; a relative one always was, so it stays accepted.
+        log_file = checked_inside("--log-file", "/" + args.log_file.lstrip("/"))
     if args.max_size < 1:
         raise UsageError("--max-size must be positive")
     return AgentConfig(
@@ -276,9 +358,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
         handoff=args.handoff,
         region=region,
         endpoint_url=endpoint,
-        imds_endpoint=pick(args.imds_endpoint, env, "imds_endpoint") or AgentConfig.imds_endpoint,
+        imds_endpoint=imds,
         state_dir=DEFAULT_STATE_DIR,
-        log_file=None if args.log_file == "-" else args.log_file,
+        log_file=log_file,
         max_size=args.max_size,
         deadline=parse_deadline(pick(args.deadline, env, "deadline")),
         require_delete=args.require_delete,
@@ -295,7 +377,7 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     from sealboot_agent.state import PHASES, StateStore
 
     root = Path(pick(args.root, env, "root") or "/")
-    store = StateStore(root / DEFAULT_STATE_DIR.lstrip("/"))
+    store = StateStore(root / DEFAULT_STATE_DIR.lstrip("/"), root=root)
     state = store.load()
     if state is None:
         if args.json:
@@ -306,14 +388,17 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     if args.json:
         out.write(state.to_json())
         return 0 if state.outcome == "ok" else 1
-    out.write(f"outcome:   {state.outcome}\n")
+    # The state file is under the root, so its text is shown like any text from outside.
+    out.write(f"outcome:   {shown(state.outcome)}\n")
     out.write(f"phase:     {state.phase}\n")
-    out.write(f"manifest:  {state.manifest_id}\n")
-    out.write(f"instance:  {state.instance_id or '-'}  region: {state.region or '-'}\n")
-    out.write(f"output:    {state.output or '-'}  hand-off: {state.handoff or '-'}\n")
+    out.write(f"manifest:  {shown(state.manifest_id)}\n")
+    out.write(
+        f"instance:  {shown(state.instance_id or '-')}  region: {shown(state.region or '-')}\n"
+    )
+    out.write(f"output:    {shown(state.output or '-')}  hand-off: {shown(state.handoff or '-')}\n")
     out.write(f"fragments: {len(state.fragments)}\n")
     for name in state.fragments:
-        out.write(f"  {name}{'  (left behind)' if name in state.left_behind else ''}\n")
+        out.write(f"  {shown(name)}{'  (left behind)' if name in state.left_behind else ''}\n")
     for phase in PHASES:
         if phase not in state.times:
             continue
@@ -322,7 +407,8 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         out.write(f"  {phase:<11} {stamp}\n")
     if state.error:
         out.write(
-            f"error:     {state.error.get('message')} (exit {state.error.get('exit_code')})\n"
+            f"error:     {shown(state.error.get('message'))} "
+            f"(exit {shown(state.error.get('exit_code'))})\n"
         )
     return 0 if state.outcome == "ok" else 1
 
@@ -331,9 +417,8 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
     from sealboot_agent.doctor import DoctorConfig, run_doctor
     from sealboot_agent.run import Deps
 
-    region = pick(args.region, env, "region")
-    endpoint = pick(args.endpoint_url, env, "endpoint_url")
     try:
+        region, endpoint, imds = _sources(args, env)
         manifest = None
         if args.manifest is not None or args.prefix is not None:
             manifest = _load_manifest(args, region, endpoint)
@@ -345,7 +430,7 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
         manifest=manifest,
         region=region,
         endpoint_url=endpoint,
-        imds_endpoint=pick(args.imds_endpoint, env, "imds_endpoint") or DEFAULT_IMDS_ENDPOINT,
+        imds_endpoint=imds,
     )
     checks = run_doctor(cfg, Deps())
     for check in checks:
@@ -384,7 +469,9 @@ def main(
     except AgentError as exc:
         stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
         return exc.exit_code
-    configure_logging(cfg.verbose, cfg.path(cfg.log_file) if cfg.log_file else None, stderr)
+    configure_logging(
+        cfg.verbose, cfg.path(cfg.log_file) if cfg.log_file else None, stderr, root=cfg.root
+    )
     from sealboot_agent.deadline import within_deadline
     from sealboot_agent.run import Deps, run_fetch
 
@@ -397,12 +484,14 @@ def main(
         cfg.manifest.manifest_id,
     )
     try:
-        # A watchdog ends a network call that outlives --deadline (timeouts are per read).
-        state = within_deadline(
-            cfg.deadline,
-            lambda: run_fetch(cfg, Deps()),
-            last_words=lambda err: _report_to_cloud_init(cfg, err),
-        )
+        # Every file the run writes stays under --root, through no symlink out of it.
+        with confined_to(cfg.root):
+            # A watchdog ends a network call that outlives --deadline (timeouts are per read).
+            state = within_deadline(
+                cfg.deadline,
+                lambda: run_fetch(cfg, Deps()),
+                last_words=lambda err: _report_to_cloud_init(cfg, err),
+            )
         if cfg.handoff == "stdout":
             from sealboot_agent.run import handed_over_copy
 
@@ -436,7 +525,8 @@ def _report_to_cloud_init(cfg: AgentConfig, exc: AgentError) -> None:
     if iid is None:
         return
     try:
-        report_failure(cfg.root, iid, f"{exc.message} (exit {exc.exit_code})")
+        with confined_to(cfg.root):
+            report_failure(cfg.root, iid, f"{exc.message} (exit {exc.exit_code})")
     except AgentError as err:
         log.warning("could not record the failure for cloud-init: %s", err.message)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from sealboot_agent.errors import UsageError
+from sealboot_agent.errors import UsageError, shown
 from sealboot_agent.wire import Manifest
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
@@ -17,6 +18,8 @@ DEFAULT_LOG_FILE = "/var/log/cloud-init-output.log"
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 DEFAULT_DEADLINE = 300.0
 DEFAULT_DENIED_GRACE = 60.0
+# ASCII digits only: float() and int() also take Arabic-Indic digits, "_" and "nan".
+_SECONDS_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
 
 # Environment variables the CLI reads (and nothing else does).
 ENV = {
@@ -82,13 +85,26 @@ def pick(cli: str | None, env: Mapping[str, str], key: str) -> str | None:
     return value if value else None
 
 
+def parse_seconds(text: str, what: str) -> float:
+    """*text* as a non-negative number of seconds, in ASCII digits; UsageError otherwise."""
+    if not _SECONDS_RE.match(text):
+        raise UsageError(f"{what} '{shown(text)}' is not a number of seconds")
+    return float(text)
+
+
+def checked_inside(option: str, path: str) -> str:
+    """*path* if it is absolute and has no ``..`` (it is taken under --root); UsageError if not."""
+    if not path.startswith("/"):
+        raise UsageError(f"{option} must be an absolute path (it is taken under --root)")
+    if ".." in PurePosixPath(path).parts:
+        raise UsageError(f"{option} '{shown(path)}' has a '..' component, which could leave --root")
+    return path
+
+
 def parse_deadline(text: str | None) -> float:
     if text is None:
         return DEFAULT_DEADLINE
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise UsageError(f"deadline {text!r} is not a number of seconds") from exc
+    value = parse_seconds(text, "deadline")
     if not 1 <= value <= 86400:
         raise UsageError("deadline must be between 1 and 86400 seconds")
     return value

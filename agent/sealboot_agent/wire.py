@@ -16,6 +16,7 @@ import io
 import json
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +59,17 @@ _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_+=.@-]+\Z")
 # ARNs append "-XXXXXX"; a name ending like that makes partial-ARN lookups ambiguous.
 _ARN_SUFFIX_LIKE = re.compile(r"-[A-Za-z0-9]{6}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
+# [0-9], never \d: in a str pattern \d also matches Arabic-Indic and other Unicode digits.
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
 MAX_FRAGMENTS = 1024
+# The largest manifest any reader accepts. A rendered manifest fits in 16 KB of EC2 user data;
+# 1 MiB leaves room for hand-made ones (1024 names of 512 characters) and bounds every read.
+MANIFEST_MAX_BYTES = 1 << 20
+# An endpoint is printable ASCII without spaces; urlsplit() then checks its structure.
+_ENDPOINT_CHARS_RE = re.compile(r"^[!-~]+\Z")
+# The random part of a native name (random_token() writes lowercase base32).
+_FRAGMENT_RANDOM = "[A-Za-z0-9]+"
+_FRAGMENT_INDEX = "[0-9]+"
 # Labels are only shown in logs and status; keep them to characters that cannot forge a log line.
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_+=.@/:-]{1,256}\Z")
 
@@ -103,7 +113,7 @@ class Manifest:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:32]
 
     def validate(self) -> None:
-        if isinstance(self.v, bool) or self.v != MANIFEST_VERSION:
+        if not isinstance(self.v, int) or isinstance(self.v, bool) or self.v != MANIFEST_VERSION:
             raise WireError(
                 f"manifest version {self.v!r} is not supported (this build reads "
                 f"v{MANIFEST_VERSION}); upgrade sealboot-agent on the image"
@@ -145,6 +155,60 @@ class Manifest:
                 raise WireError(f"manifest label key {key!r} is not allowed")
             if not (isinstance(value, str) and _LABEL_RE.match(value)):
                 raise WireError(f"manifest label {key} has a value that is not allowed")
+
+    def check_scope(self) -> None:
+        """Raise WireError unless every fragment sits under the one prefix this manifest implies.
+
+        Native names are ``<root>/<ns>/<cluster>/<machine>/<token>-<i>`` (SSM:
+        ``/<root>/<ns>/<cluster>/<machine>/<token>/<i>``) with the namespace, cluster and machine
+        of the labels; CAPA names are ``<prefix>-<i>`` (SSM: ``<prefix>/<i>``) with one prefix.
+        Whoever fetches or deletes calls this first, so a tampered manifest cannot reach another
+        machine's fragments while its labels (what the log and status show) name this one.
+        """
+        ssm = self.backend == BACKEND_SSM
+        if self.format == FORMAT_CAPA:
+            sep = "/" if ssm else "-"
+            pattern = re.compile(f"^(.+){re.escape(sep)}{_FRAGMENT_INDEX}\\Z")
+            shape = f"<prefix>{sep}<i>"
+        else:
+            missing = [k for k in ("namespace", "cluster", "machine") if k not in self.labels]
+            if missing:
+                raise WireError(
+                    f"a native-format manifest must carry the label(s) {', '.join(missing)}: "
+                    "its fragment names are checked against them"
+                )
+            # Labels hold the components as seal wrote them (already shortened); shortening is
+            # idempotent, so name_component() gives the same text for old and new manifests.
+            where = "/".join(
+                re.escape(name_component(kind, self.labels[kind]))
+                for kind in ("namespace", "cluster", "machine")
+            )
+            if ssm:
+                pattern = re.compile(f"^(/.+/{where}/{_FRAGMENT_RANDOM})/{_FRAGMENT_INDEX}\\Z")
+                shape = "/<root>/{ns}/{cluster}/{machine}/<token>/<i>"
+            else:
+                pattern = re.compile(f"^(.+/{where}/{_FRAGMENT_RANDOM})-{_FRAGMENT_INDEX}\\Z")
+                shape = "<root>/{ns}/{cluster}/{machine}/<token>-<i>"
+            shape = shape.format(
+                ns=self.labels["namespace"],
+                cluster=self.labels["cluster"],
+                machine=self.labels["machine"],
+            )
+        prefix: str | None = None
+        for name in self.fragments:
+            match = pattern.match(name)
+            if match is None:
+                raise WireError(
+                    f"fragment {name!r} is not named {shape}, as this manifest's "
+                    f"{'format' if self.format == FORMAT_CAPA else 'labels'} require"
+                )
+            if prefix is None:
+                prefix = match.group(1)
+            elif match.group(1) != prefix:
+                raise WireError(
+                    f"fragment {name!r} is not under {prefix!r}, the prefix of the manifest's "
+                    "first fragment; one manifest's fragments share one prefix"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -210,11 +274,18 @@ class Manifest:
             raise WireError(f"manifest is malformed: {exc}") from exc
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str | bytes) -> Manifest:
+        if len(text) > MANIFEST_MAX_BYTES:
+            raise WireError(
+                f"manifest is over {MANIFEST_MAX_BYTES} bytes; a real one is a few hundred"
+            )
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise WireError(f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError:
+            # json recurses once per nesting level; a manifest is two levels deep at most.
+            raise WireError("manifest is not valid JSON: nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -231,6 +302,9 @@ class Manifest:
         SSM parameters, for i in 0..count-1."""
         if count < 1:
             raise WireError("--count must be at least 1")
+        # Refuse before building the names: validate() would only see them once allocated.
+        if count > MAX_FRAGMENTS:
+            raise WireError(f"--count {count} is over the limit of {MAX_FRAGMENTS} fragments")
         sep = "/" if backend == BACKEND_SSM else "-"
         return cls(
             backend=backend,
@@ -280,9 +354,21 @@ def ssm_fragment_names(
 
 
 def check_endpoint_url(url: str) -> None:
-    """Raise WireError unless *url* looks like an http(s) endpoint."""
-    if not re.match(r"^https?://[^\s]+\Z", url):
-        raise WireError(f"endpoint URL {url!r} must be an http:// or https:// URL without spaces")
+    """Raise WireError unless *url* is an http(s) URL with a host (and a valid port, if any)."""
+    problem = None
+    if not (isinstance(url, str) and _ENDPOINT_CHARS_RE.match(url)):
+        problem = "printable ASCII without spaces"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            # .port raises ValueError for a port that is not a number in 0-65535.
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+            ok = False
+        if not ok:
+            problem = "an http:// or https:// URL with a host"
+    if problem is not None:
+        raise WireError(f"endpoint URL {url!r} must be {problem}")
 
 
 def name_component(kind: str, value: str) -> str:

@@ -13,17 +13,29 @@ import contextlib
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from sealboot import policy as policy_cmd
 from sealboot import sweep as sweep_cmd
 from sealboot.errors import EXIT_CODES, InputError, SealbootError, TooLarge
 from sealboot_agent import __version__
-from sealboot_agent.wire import BACKENDS, FORMATS, Manifest, WireError
+from sealboot_agent.wire import (
+    BACKENDS,
+    FORMATS,
+    MANIFEST_MAX_BYTES,
+    REGION_RE,
+    Manifest,
+    WireError,
+    check_endpoint_url,
+)
 
 log = logging.getLogger("sealboot")
+
+# What `inspect` reads: EC2 user data is at most 16 KB, gzipped or not; this leaves room for a
+# copy wrapped by other tools, and bounds the read and the gunzip of a file that is not that.
+USERDATA_READ_MAX = 1 << 20
 
 
 def _epilog() -> str:
@@ -36,6 +48,13 @@ def _common_aws(p: argparse.ArgumentParser) -> None:
         "--endpoint-url",
         help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
     )
+
+
+def _ascii_int(text: str) -> int:
+    """An integer in ASCII digits (int() also takes Arabic-Indic digits and "_")."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seal.add_argument(
         "--expires-in",
-        type=int,
+        type=_ascii_int,
         default=24 * 3600,
         metavar="SECONDS",
         help="expiry tag that 'sweep' honours (default: 86400)",
@@ -116,14 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     render = sub.add_parser("render", help="render user data from a manifest")
-    render.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
+    render.add_argument(
+        "manifest", metavar="MANIFEST", help="manifest JSON file, or - (at most 1 MiB)"
+    )
     render.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     render.add_argument(
         "--handoff", choices=["cloud-init", "capa"], default="cloud-init", help="as for seal"
     )
 
     delete = sub.add_parser("delete", help="delete a machine's fragments (idempotent)")
-    delete.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file, or -")
+    delete.add_argument(
+        "manifest", metavar="MANIFEST", help="manifest JSON file, or - (at most 1 MiB)"
+    )
     _common_aws(delete)
 
     policy_cmd.add_parser(sub)
@@ -131,17 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cmd.add_tag_instance_parser(sub)
 
     inspect = sub.add_parser("inspect", help="print the manifest carried by rendered user data")
-    inspect.add_argument("userdata", metavar="USERDATA_FILE", help="rendered user data, or -")
+    inspect.add_argument(
+        "userdata", metavar="USERDATA_FILE", help="rendered user data, or - (at most 1 MiB)"
+    )
     return parser
 
 
-def _read(path: str, stdin: TextIO) -> bytes:
-    if path == "-":
-        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+def _read(path: str, stdin: TextIO, limit: int) -> bytes:
+    """The bytes of *path* (stdin for ``-``); InputError past *limit* (it may be /dev/zero)."""
     try:
-        return Path(path).read_bytes()
+        if path == "-":
+            if hasattr(stdin, "buffer"):
+                data: bytes = stdin.buffer.read(limit + 1)
+            else:
+                data = stdin.read(limit + 1).encode()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise InputError(f"{path} is over {limit} bytes, the most this command reads")
+    return data
 
 
 def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
@@ -162,11 +196,43 @@ def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _manifest(path: str, stdin: TextIO) -> Manifest:
+def _manifest(path: str, stdin: TextIO, *, scoped: bool = False) -> Manifest:
+    """The manifest in *path*; *scoped*: also check that its fragments are its own (before a
+    delete, as the agent checks before its fetch and delete)."""
     try:
-        return Manifest.from_json(_read(path, stdin).decode("utf-8", "replace"))
+        manifest = Manifest.from_json(
+            _read(path, stdin, MANIFEST_MAX_BYTES).decode("utf-8", "replace")
+        )
+        if scoped:
+            manifest.check_scope()
     except WireError as exc:
         raise InputError(f"{path}: {exc}") from exc
+    return manifest
+
+
+def _aws_target(region: str | None, endpoint: str | None) -> None:
+    """Refuse a region or endpoint botocore would choke on, before any client is made."""
+    if region is not None and not REGION_RE.match(region):
+        raise InputError(f"region {region!r} is not an AWS region name (like eu-west-1)")
+    if endpoint is not None:
+        try:
+            check_endpoint_url(endpoint)
+        except WireError as exc:
+            raise InputError(str(exc)) from exc
+
+
+def _gunzip_capped(data: bytes, limit: int) -> bytes:
+    """*data* gunzipped when it is gzip, refusing more than *limit* bytes out (a gzip bomb)."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise InputError(f"user data looks gzipped but is not: {exc}") from exc
+    if len(out) > limit:
+        raise InputError(f"user data is over {limit} bytes once gunzipped")
+    return out
 
 
 def _tags(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -183,9 +249,9 @@ def _cmd_seal(
     args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO
 ) -> int:
     from sealboot.render import EC2_USERDATA_MAX, render_userdata
-    from sealboot.seal import SealConfig, seal
+    from sealboot.seal import MAX_USERDATA, SealConfig, seal
 
-    data = _read(args.userdata, stdin)
+    data = _read(args.userdata, stdin, MAX_USERDATA)
     if args.insecure_skip_secrets_manager:
         log.warning(
             "WARNING: --insecure-skip-secrets-manager: the user data is NOT sealed. It goes into "
@@ -269,12 +335,10 @@ def main(
         if args.command == "delete":
             from sealboot.delete import delete
 
-            manifest = _manifest(args.manifest, stdin)
-            gone = delete(
-                manifest,
-                region=args.region,
-                endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL"),
-            )
+            manifest = _manifest(args.manifest, stdin, scoped=True)
+            endpoint = args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL")
+            _aws_target(args.region, endpoint)
+            gone = delete(manifest, region=args.region, endpoint_url=endpoint)
             log.info("%d of %d fragment(s) are gone", len(gone), manifest.count)
             return 0
         if args.command == "policy":
@@ -286,7 +350,9 @@ def main(
         if args.command == "inspect":
             from sealboot.render import inspect
 
-            stdout.write(inspect(_read(args.userdata, stdin)).to_json() + "\n")
+            raw = _read(args.userdata, stdin, USERDATA_READ_MAX)
+            manifest = inspect(_gunzip_capped(raw, USERDATA_READ_MAX))
+            stdout.write(manifest.to_json() + "\n")
             return 0
     except SealbootError as exc:
         stderr.write(f"sealboot: error: {exc.message}\n  what to do: {exc.advice}\n")

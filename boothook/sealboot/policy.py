@@ -103,10 +103,11 @@ _CONTEXT_KEY = {
     BACKEND_SECRETS_MANAGER: "kms:EncryptionContext:SecretARN",
     BACKEND_SSM: "kms:EncryptionContext:PARAMETER_ARN",
 }
-_ACCOUNT_RE = re.compile(r"^\d{12}\Z")
+# [0-9], never \d: in a str pattern \d also matches Unicode digits such as Arabic-Indic ones.
+_ACCOUNT_RE = re.compile(r"^[0-9]{12}\Z")
 _KEY_ARN_RE = re.compile(
     r"^arn:(?P<partition>aws|aws-us-gov|aws-cn):kms:(?P<region>[a-z0-9-]+):"
-    r"(?P<account>\d{12}):key/(?P<key>[A-Za-z0-9-]+)\Z"
+    r"(?P<account>[0-9]{12}):key/(?P<key>[A-Za-z0-9-]+)\Z"
 )
 
 

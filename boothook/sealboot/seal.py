@@ -34,6 +34,7 @@ from sealboot_agent.wire import (
     FORMAT_CAPA,
     FORMAT_NATIVE,
     MAX_FRAGMENTS,
+    REGION_RE,
     SECRETS_MANAGER_MAX_VALUE,
     SSM_ADVANCED_MAX,
     SSM_STANDARD_MAX,
@@ -264,6 +265,8 @@ def seal(
             check_endpoint_url(config.endpoint_url)
         except WireError as exc:
             raise InputError(str(exc)) from exc
+    if config.region is not None and not REGION_RE.match(config.region):
+        raise InputError(f"region {config.region!r} is not an AWS region name (like eu-west-1)")
     if not 60 <= config.ttl_seconds <= 30 * 86400:
         raise InputError("the expiry must be between 1 minute and 30 days")
     namespace, cluster = component("namespace", namespace), component("cluster", cluster)
@@ -293,6 +296,30 @@ def seal(
             use_fips=config.use_fips,
         )
     region = config.region or client.meta.region_name
+    try:
+        # Built, and checked as the agent will check it, before anything exists in AWS: a
+        # manifest refused now cannot leave fragments behind that nothing will ever fetch.
+        manifest = Manifest(
+            backend=config.backend,
+            format=config.format,
+            use_fips=config.use_fips,
+            fragments=tuple(names),
+            region=region,
+            endpoint_url=config.endpoint_url,
+            sha256=sha256_hex(stream),
+            size=len(stream),
+            raw_size=len(userdata),
+            labels={
+                "namespace": namespace,
+                "cluster": cluster,
+                "machine": machine,
+                "role": role,
+                "sealed_by": f"sealboot/{__version__}",
+            },
+        )
+        manifest.check_scope()
+    except WireError as exc:
+        raise InputError(str(exc)) from exc
     creator = _Creator(client, config, clock, sleep)
     try:
         for i, (name, chunk) in enumerate(zip(names, chunks)):
@@ -314,21 +341,4 @@ def seal(
     log.info(
         "sealed %d bytes (%d gzipped) into %d fragment(s)", len(userdata), len(stream), len(chunks)
     )
-    return Manifest(
-        backend=config.backend,
-        format=config.format,
-        use_fips=config.use_fips,
-        fragments=tuple(names),
-        region=region,
-        endpoint_url=config.endpoint_url,
-        sha256=sha256_hex(stream),
-        size=len(stream),
-        raw_size=len(userdata),
-        labels={
-            "namespace": namespace,
-            "cluster": cluster,
-            "machine": machine,
-            "role": role,
-            "sealed_by": f"sealboot/{__version__}",
-        },
-    )
+    return manifest

@@ -20,7 +20,7 @@ from sealboot_agent.cli import build_config, build_parser, configure_logging, ma
 from sealboot_agent.config import DEFAULT_DEADLINE, DEFAULT_IMDS_ENDPOINT, DEFAULT_OUTPUT
 from sealboot_agent.errors import UsageError
 from sealboot_agent.state import State, StateStore
-from sealboot_agent.wire import Manifest
+from sealboot_agent.wire import MANIFEST_MAX_BYTES, Manifest
 
 MANIFEST = Manifest(
     backend="secrets-manager",
@@ -28,6 +28,7 @@ MANIFEST = Manifest(
     fragments=("aws.cluster.x-k8s.io/ns/c1/m1/tok-0",),
     region="eu-west-1",
     sha256=hashlib.sha256(b"s").hexdigest(),
+    labels={"namespace": "ns", "cluster": "c1", "machine": "m1"},
 )
 MJSON = MANIFEST.to_json()
 
@@ -422,3 +423,253 @@ def test_the_program_runs_without_the_cyclic_gc_but_main_leaves_it_alone() -> No
 
     assert "after main True" in res.stdout
     assert "after entrypoint False 0" in res.stdout
+
+
+# --- hostile input: documented exit codes, bounded reads, a root that leads elsewhere --------
+
+# Nothing listens here: a run that got past its checks would fail at IMDS (exit 3), quickly.
+# Given first, so that a test's own --deadline or --log-file wins.
+OFFLINE = ["--imds-endpoint", "http://127.0.0.1:9", "--deadline", "1", "--log-file", "-"]
+
+
+def fetch(root: Path, *argv: str) -> tuple[int, str, str]:
+    return run(["fetch", *OFFLINE, *argv, "--root", str(root)])
+
+
+@pytest.mark.parametrize("digit", ["\u0661", "\u0967", "\uff11"])
+@pytest.mark.parametrize("source", ["--manifest", "--prefix"])
+def test_region_with_non_ascii_digits_exits_2(digit: str, source: str, tmp_path: Path) -> None:
+    what = MJSON if source == "--manifest" else "aws.cluster.x-k8s.io/u"
+    argv = [source, what, "--region", f"eu-west-{digit}"]
+    if source == "--prefix":
+        argv += ["--count", "1"]
+    code, _, err = fetch(tmp_path, *argv)
+    assert code == 2
+    assert "not an AWS region name" in err
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("flag", ["--endpoint-url", "--imds-endpoint"])
+@pytest.mark.parametrize("url", ["http://[::1", "http://host:99999"])
+def test_endpoint_urllib_cannot_parse_exits_2(flag: str, url: str, tmp_path: Path) -> None:
+    offline = [] if flag == "--imds-endpoint" else ["--imds-endpoint", "http://127.0.0.1:9"]
+    argv = ["fetch", "--manifest", MJSON, flag, url, *offline, "--deadline", "1"]
+    code, _, err = run([*argv, "--log-file", "-", "--root", str(tmp_path)])
+    assert code == 2
+    assert "endpoint URL" in err
+
+
+def test_manifest_endpoint_urllib_cannot_parse_exits_2(tmp_path: Path) -> None:
+    data = json.loads(MJSON)
+    data["endpoint_url"] = "http://[::1"
+    code, _, err = fetch(tmp_path, "--manifest", json.dumps(data))
+    assert code == 2
+    assert "bad manifest" in err
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_deeply_nested_manifest_exits_2(inline: bool, tmp_path: Path) -> None:
+    text = '{"v":' + "[" * 100_000
+    source = text
+    if not inline:
+        source = str(tmp_path / "deep.json")
+        Path(source).write_text(text)
+    code, _, err = fetch(tmp_path, "--manifest", source)
+    assert code == 2
+    assert "nested too deeply" in err
+
+
+def test_manifest_file_over_the_cap_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(MJSON[:-1] + " " * MANIFEST_MAX_BYTES + "}")  # valid JSON, too large
+    code, _, err = fetch(tmp_path, "--manifest", str(path))
+    assert code == 2
+    assert f"over {MANIFEST_MAX_BYTES} bytes" in err
+
+
+def test_manifest_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_bytes(b"\xff" + MJSON.encode())
+    code, _, err = fetch(tmp_path, "--manifest", str(path))
+    assert code == 2
+    assert "UTF-8" in err
+
+
+def _limited(argv: list[str], limit: int) -> subprocess.CompletedProcess[str]:
+    """main(argv) in a child whose address space is capped at *limit* bytes."""
+    probe = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+        "from sealboot_agent.cli import main\n"
+        f"sys.exit(main({argv!r}, {{}}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_manifest_from_dev_zero_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
+    res = _limited(["fetch", "--manifest", "/dev/zero", "--root", str(tmp_path)], 400 << 20)
+    assert res.returncode == 2, res.stderr
+    assert "over 1048576 bytes" in res.stderr
+
+
+def test_huge_count_is_refused_before_the_names_are_built(tmp_path: Path) -> None:
+    # 5,000,000 names took 672 MiB before they were counted.
+    argv = ["fetch", "--prefix", "aws.cluster.x-k8s.io/u", "--count", "5000000"]
+    res = _limited([*argv, "--root", str(tmp_path)], 400 << 20)
+    assert res.returncode == 2, res.stderr
+    assert "over the limit of 1024" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--prefix", "aws.cluster.x-k8s.io/u", "--count", "\u0661"],
+        ["--prefix", "aws.cluster.x-k8s.io/u", "--count", "1_0"],
+        ["--manifest", MJSON, "--max-size", "\u0661\u0660"],
+        ["--manifest", MJSON, "--denied-grace", "nan"],
+        ["--manifest", MJSON, "--deadline", "\u0661\u0660"],
+    ],
+)
+def test_numbers_must_be_ascii_digits(argv: list[str], tmp_path: Path) -> None:
+    code, _, err = run(["fetch", *OFFLINE, *argv, "--root", str(tmp_path)])
+    assert code == 2
+    assert "number" in err
+
+
+@pytest.mark.parametrize("flag", ["--output", "--log-file"])
+def test_paths_with_dot_dot_are_refused(flag: str, tmp_path: Path) -> None:
+    code, _, err = run(
+        ["fetch", *OFFLINE, "--manifest", MJSON, flag, "/../../tmp/x", "--root", str(tmp_path)]
+    )
+    assert code == 2
+    assert "'..'" in err
+
+
+def test_relative_log_file_is_still_taken_under_the_root() -> None:
+    args = build_parser().parse_args(["fetch", "--manifest", MJSON, "--log-file", "agent.log"])
+    assert build_config(args, {}).log_file == "/agent.log"
+
+
+def other_machines_fragment() -> str:
+    data = json.loads(MJSON)
+    data["fragments"].append("aws.cluster.x-k8s.io/ns/c1/other-machine/tok-1")
+    return json.dumps(data)
+
+
+def test_manifest_naming_another_machines_fragment_exits_2_before_any_call(
+    tmp_path: Path,
+) -> None:
+    code, _, err = fetch(tmp_path, "--manifest", other_machines_fragment())
+    assert code == 2
+    assert "other-machine" in err
+    assert "bad manifest" in err
+    assert not (tmp_path / "var").exists()  # refused before the lock, the state or any call
+
+
+def test_native_manifest_without_labels_exits_2(tmp_path: Path) -> None:
+    data = json.loads(MJSON)
+    del data["labels"]
+    code, _, err = fetch(tmp_path, "--manifest", json.dumps(data))
+    assert code == 2
+    assert "label" in err
+
+
+def test_doctor_checks_the_manifest_scope_and_urls_too() -> None:
+    code, _, err = run(["doctor", "--manifest", other_machines_fragment()])
+    assert code == 2
+    assert "other-machine" in err
+    code, _, err = run(["doctor", "--imds-endpoint", "http://[::1"])
+    assert code == 2
+    assert "endpoint URL" in err
+
+
+def write_state(root: Path, **fields: object) -> None:
+    state = json.loads(State(manifest_id=MANIFEST.manifest_id, phase="done").to_json())
+    state.update(fields)
+    directory = root / "var" / "lib" / "sealboot"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "state.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"times": []}, {"fragments": {"a": 1}}, {"phase": 7}, {"times": {"done": 1e300}}],
+)
+def test_state_file_with_wrong_types_exits_10(fields: dict[str, object], tmp_path: Path) -> None:
+    write_state(tmp_path, **fields)
+    code, _, err = fetch(tmp_path, "--manifest", MJSON)
+    assert code == 10
+    assert "corrupt" in err
+    code, _, err = run(["status", "--root", str(tmp_path)])
+    assert code == 10
+    assert "corrupt" in err
+
+
+def test_lock_path_that_is_a_directory_exits_10(tmp_path: Path) -> None:
+    (tmp_path / "var" / "lib" / "sealboot" / "lock").mkdir(parents=True)
+    code, _, err = fetch(tmp_path, "--manifest", MJSON)
+    assert code == 10
+    assert "lock" in err
+
+
+def test_status_escapes_what_the_state_file_says(tmp_path: Path) -> None:
+    write_state(
+        tmp_path,
+        outcome="failed\x1b[2J",
+        region="eu\nFAKE: line",
+        error={"message": "boom\x1b]0;title\x07", "exit_code": "9\r"},
+    )
+    code, out, _ = run(["status", "--root", str(tmp_path)])
+    assert code == 1
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert "\\x1b[2J" in out
+    assert "FAKE: line" in out
+    assert not any(line.startswith("FAKE") for line in out.splitlines())
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    path = tmp_path / "outside"
+    path.mkdir()
+    return path
+
+
+def test_symlinked_state_directory_under_the_root_exits_8_and_writes_nothing_outside(
+    tmp_path: Path, outside: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "var" / "lib").mkdir(parents=True)
+    (root / "var" / "lib" / "sealboot").symlink_to(outside)
+    code, _, err = fetch(root, "--manifest", MJSON)
+    assert code == 8
+    assert "symbolic link" in err
+    assert f"{root}/var/lib/sealboot" in err
+    assert list(outside.iterdir()) == []
+
+
+def test_symlinked_log_directory_is_not_followed(tmp_path: Path, outside: Path) -> None:
+    root = tmp_path / "root"
+    (root / "var").mkdir(parents=True)
+    (root / "var" / "log").symlink_to(outside)
+    stderr = io.StringIO()
+    configure_logging(0, root / "var/log/cloud-init-output.log", stderr, root=root)
+    emit("confined-marker")
+    assert "logging to stderr only" in stderr.getvalue()
+    assert "symbolic link" in stderr.getvalue()
+    assert stderr.getvalue().count("confined-marker") == 1
+    assert list(outside.iterdir()) == []
+
+
+def test_log_file_that_is_a_symlink_is_not_followed(tmp_path: Path, outside: Path) -> None:
+    (tmp_path / "var" / "log").mkdir(parents=True)
+    victim = outside / "victim"
+    victim.write_text("keep\n")
+    (tmp_path / "var" / "log" / "cloud-init-output.log").symlink_to(victim)
+    stderr = io.StringIO()
+    configure_logging(0, tmp_path / "var/log/cloud-init-output.log", stderr, root=tmp_path)
+    emit("not-in-the-victim")
+    assert victim.read_text() == "keep\n"
+    assert "logging to stderr only" in stderr.getvalue()

@@ -376,3 +376,32 @@ def test_documented_example_policies_are_what_the_generator_prints() -> None:
             assert json.loads(shown) == json.loads(out.getvalue()), f"{doc.name}: {argv}"
             checked += 1
     assert checked >= 5
+
+
+# --- hostile input: \d also matches Unicode digits --------------------------------------------
+
+
+@pytest.mark.parametrize("digit", ["\u0661", "\u06f1", "\uff11"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        lambda d: {"region": f"eu-west-{d}"},
+        lambda d: {"account": d * 12},
+        lambda d: {"kms_key_arn": f"arn:aws:kms:eu-west-1:{d * 12}:key/{KEY_ID}"},
+    ],
+)
+def test_non_ascii_digits_are_refused(digit: str, kwargs: Any) -> None:
+    with pytest.raises(InputError):
+        pol.Scope.build(**kwargs(digit))
+
+
+def test_cli_with_a_non_ascii_region_exits_2() -> None:
+    from sealboot.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["policy", "--role", "node", "--region", "eu-west-\u0661"], {}, stdout=out, stderr=err
+    )
+    assert code == 2
+    assert out.getvalue() == ""
+    assert "not an AWS region name" in err.getvalue()

@@ -5,16 +5,24 @@ from __future__ import annotations
 import datetime
 import gzip
 import hashlib
+import importlib
+import io
+import json
 import os
 import re
+import subprocess
+import sys
 import uuid
+import zlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sealboot.errors import AccessDenied, AwsError, InputError, SealbootError
 from sealboot.seal import SealConfig, seal
 from sealboot_agent.assemble import assemble
-from sealboot_agent.wire import SECRETS_MANAGER_MAX_VALUE, Manifest
+from sealboot_agent.wire import MANIFEST_MAX_BYTES, SECRETS_MANAGER_MAX_VALUE, Manifest
 from tests.unit.fakes import FakeClock, FakeSecrets, client_error
 
 WALL = 1_700_000_000.0
@@ -363,3 +371,171 @@ def test_too_many_fragments_is_refused_without_leaving_secrets() -> None:
     with pytest.raises(SealbootError):
         do_seal(data, fake, SealConfig(region="eu-west-1", format="capa"))
     assert fake.store == {}
+
+
+# --- hostile input: refused before anything is created, with exit 2 ---------------------------
+
+
+@pytest.mark.parametrize("region", ["eu-west-\u0661", "eu-west-\uff11", "local", "eu west 1"])
+def test_bad_region_is_refused_before_any_call(region: str) -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="region"):
+        do_seal(b"x", fake, SealConfig(region=region))
+    assert fake.calls == []
+
+
+def test_bad_region_of_the_client_is_refused_before_any_call() -> None:
+    # The manifest is built (and checked) before the first create, not after the last.
+    fake = FakeSecrets(region="not-a-region")
+    with pytest.raises(InputError, match="region"):
+        do_seal(b"x", fake, SealConfig(region=None))
+    assert fake.calls == []
+    assert fake.store == {}
+
+
+def test_sealed_manifests_pass_the_agents_scope_check() -> None:
+    do_seal(os.urandom(150_000), FakeSecrets()).check_scope()
+    do_seal(b"x", FakeSecrets(), machine="m" * 200).check_scope()
+    do_seal(b"x", FakeSecrets(), SealConfig(region="eu-west-1", format="capa")).check_scope()
+
+
+# --- the toolkit CLI on hostile files ---------------------------------------------------------
+
+
+def toolkit(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    from sealboot.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, env or {}, stdin=io.StringIO(""), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def deletes(monkeypatch: pytest.MonkeyPatch) -> list[Manifest]:
+    """Calls of sealboot.delete.delete, which would reach AWS."""
+    # The package's own "delete" (the function) hides the module of that name.
+    module = importlib.import_module("sealboot.delete")
+    calls: list[Manifest] = []
+
+    def record(manifest: Manifest, **kwargs: Any) -> list[str]:
+        calls.append(manifest)
+        return list(manifest.fragments)
+
+    monkeypatch.setattr(module, "delete", record)
+    return calls
+
+
+def sealed_json() -> str:
+    return do_seal(b"#cloud-config\n", FakeSecrets()).to_json()
+
+
+def test_delete_of_a_sealed_manifest_still_works(tmp_path: Path, deletes: list[Manifest]) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(sealed_json())
+    code, _, err = toolkit(["delete", str(path), "--region", "eu-west-1"])
+    assert code == 0, err
+    assert len(deletes) == 1
+
+
+@pytest.mark.parametrize("command", ["delete", "render"])
+def test_deeply_nested_manifest_exits_2(
+    command: str, tmp_path: Path, deletes: list[Manifest]
+) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    code, _, err = toolkit([command, str(path)])
+    assert code == 2
+    assert "nested too deeply" in err
+    assert deletes == []
+
+
+def test_manifest_over_the_cap_exits_2(tmp_path: Path, deletes: list[Manifest]) -> None:
+    path = tmp_path / "big.json"
+    text = sealed_json()
+    path.write_text(text[:-1] + " " * MANIFEST_MAX_BYTES + "}")  # valid JSON, too large
+    code, _, err = toolkit(["delete", str(path)])
+    assert code == 2
+    assert f"over {MANIFEST_MAX_BYTES} bytes" in err
+    assert deletes == []
+
+
+def test_delete_refuses_another_machines_fragment(tmp_path: Path, deletes: list[Manifest]) -> None:
+    data = json.loads(sealed_json())
+    victim = do_seal(b"x", FakeSecrets(), machine="victim").fragments[0]
+    data["fragments"].append(victim)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(data))
+    code, _, err = toolkit(["delete", str(path)])
+    assert code == 2
+    assert victim in err
+    assert deletes == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--region", "eu-west-\u0661"), ("--endpoint-url", "http://[::1")]
+)
+def test_delete_refuses_a_bad_region_or_endpoint(
+    flag: str, value: str, tmp_path: Path, deletes: list[Manifest]
+) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(sealed_json())
+    code, _, err = toolkit(["delete", str(path), flag, value])
+    assert code == 2, err
+    assert deletes == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--region", "eu-west-\u0661"],
+        ["--region", "eu-west-1", "--endpoint-url", "http://[::1"],
+        ["--region", "eu-west-1", "--expires-in", "\u0663\u0666\u0660\u0660"],
+    ],
+)
+def test_seal_refuses_hostile_flags_with_exit_2(argv: list[str], tmp_path: Path) -> None:
+    src = tmp_path / "ud"
+    src.write_bytes(b"#cloud-config\n")
+    base = ["seal", "--namespace", "n", "--cluster", "c", "--machine", "m", *argv, str(src)]
+    code, out, _ = toolkit(base)
+    assert code == 2
+    assert out == ""
+
+
+def _limited(argv: list[str], limit: int) -> subprocess.CompletedProcess[str]:
+    """The toolkit's main(argv) in a child whose address space is capped at *limit* bytes."""
+    probe = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+        "from sealboot.cli import main\n"
+        f"sys.exit(main({argv!r}, {{}}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["delete", "/dev/zero"],
+        ["inspect", "/dev/zero"],
+        ["seal", "--namespace", "n", "--cluster", "c", "--machine", "m", "/dev/zero"],
+    ],
+)
+def test_reads_from_dev_zero_are_bounded(argv: list[str]) -> None:
+    res = _limited(argv, 600 << 20)
+    assert res.returncode == 2, res.stderr
+    assert "bytes, the most this command reads" in res.stderr
+
+
+def test_inspect_refuses_a_gzip_bomb(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.gz"
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    with open(bomb, "wb") as fh:
+        zeros = bytes(1 << 20)
+        for _ in range(700):  # 700 MiB of zeros in ~700 KB
+            fh.write(squeeze.compress(zeros))
+        fh.write(squeeze.flush())
+    res = _limited(["inspect", str(bomb)], 600 << 20)
+    assert res.returncode == 2, res.stderr
+    assert "once gunzipped" in res.stderr

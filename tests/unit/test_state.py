@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from sealboot_agent.errors import StateError, WriteError
-from sealboot_agent.state import PHASES, State, StateStore, make_private_dirs, write_durable
+from sealboot_agent.state import (
+    PHASES,
+    STATE_MAX_BYTES,
+    State,
+    StateStore,
+    confined_to,
+    make_private_dirs,
+    open_under,
+    remove_under,
+    write_durable,
+)
 
 
 @pytest.fixture
@@ -293,3 +303,241 @@ def test_lock_waits_with_the_injected_clock(tmp_path: Path) -> None:
         os.close(fd)
     assert slept
     assert sum(slept) == pytest.approx(5.0, abs=0.2)
+
+
+# --- hostile state files and lock paths ----------------------------------------------------
+
+
+def valid_state_dict() -> dict[str, object]:
+    data: dict[str, object] = json.loads(full_state().to_json())
+    return data
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("phase", 3),
+        ("phase", ["done"]),
+        ("fragments", {"a": 1}),
+        ("fragments", [1, 2]),
+        ("left_behind", "aws.cluster.x-k8s.io/a-1"),
+        ("times", ["started", 1.5]),
+        ("times", {"started": "soon"}),
+        ("times", {"started": True}),
+        ("times", {"started": -1}),
+        ("times", {"started": 1e300}),
+        ("manifest_id", 7),
+        ("outcome", None),
+        ("instance_id", ["i-0"]),
+        ("output", 0),
+        ("error", ["boom"]),
+        ("agent_version", 1),
+        ("v", True),
+        ("v", 1.0),
+    ],
+)
+def test_state_with_a_field_of_the_wrong_type_is_a_state_error(
+    key: str, value: object, tmp_path: Path
+) -> None:
+    data = valid_state_dict()
+    data[key] = value
+    store = StateStore(tmp_path)
+    store.file.write_text(json.dumps(data))
+    with pytest.raises(StateError) as info:
+        store.load()
+    assert info.value.exit_code == 10
+    assert "corrupt" in info.value.message
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_state_with_a_non_finite_time_is_a_state_error(number: str, tmp_path: Path) -> None:
+    text = full_state().to_json().replace('"started": 1.5', f'"started": {number}')
+    assert number in text
+    store = StateStore(tmp_path)
+    store.file.write_text(text)
+    with pytest.raises(StateError, match="corrupt"):
+        store.load()
+
+
+def test_deeply_nested_state_is_a_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.file.write_text("[" * 100_000)
+    with pytest.raises(StateError, match="corrupt"):
+        store.load()
+
+
+def test_state_that_is_not_utf8_is_a_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.file.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(StateError, match="corrupt"):
+        store.load()
+
+
+def test_oversized_state_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    with open(store.file, "wb") as fh:
+        fh.truncate(STATE_MAX_BYTES * 4)  # sparse: costs no disk
+    with pytest.raises(StateError, match="corrupt.*over"):
+        store.load()
+
+
+def test_state_file_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    os.mkfifo(store.file)
+    with pytest.raises(StateError, match="not a regular file"):
+        store.load()
+
+
+def test_lock_path_that_is_a_directory_is_a_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    (store.directory / "lock").mkdir(parents=True)
+    with pytest.raises(StateError) as info, store.lock(wait=0.0):
+        pass
+    assert info.value.exit_code == 10
+    assert "lock" in info.value.message
+
+
+def test_lock_path_that_is_a_fifo_is_a_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.directory.mkdir()
+    os.mkfifo(store.directory / "lock")
+    with pytest.raises(StateError, match="not a regular file"), store.lock(wait=0.0):
+        pass
+
+
+def test_lock_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.directory.mkdir()
+    victim = tmp_path / "victim"
+    (store.directory / "lock").symlink_to(victim)
+    with pytest.raises(StateError, match="lock"), store.lock(wait=0.0):
+        pass
+    assert not victim.exists()
+
+
+def test_state_directory_that_cannot_be_created_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "var").write_text("a file where a directory belongs")
+    store = StateStore(tmp_path / "var" / "lib" / "sealboot")
+    with pytest.raises(StateError, match="cannot open the lock"), store.lock(wait=0.0):
+        pass
+
+
+# --- nothing written under a root leaves it through a symlink -------------------------------
+
+
+@pytest.fixture
+def escape(tmp_path: Path) -> tuple[Path, Path]:
+    """A root whose var/lib is a symlink to a directory outside it."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "var").mkdir(parents=True)
+    outside.mkdir()
+    (root / "var" / "lib").symlink_to(outside)
+    return root, outside
+
+
+def test_write_durable_refuses_a_symlinked_parent_under_a_root(escape: tuple[Path, Path]) -> None:
+    root, outside = escape
+    target = root / "var" / "lib" / "sealboot" / "state.json"
+    with pytest.raises(WriteError) as info:
+        write_durable(target, b"x", root=root)
+    assert info.value.exit_code == 8
+    assert str(target) in info.value.message
+    assert "lib is a symbolic link" in info.value.message
+    assert list(outside.iterdir()) == []
+
+
+def test_a_relative_symlink_is_refused_too(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "cloud").symlink_to("../../")  # relative, and out of the root
+    with pytest.raises(WriteError, match="symbolic link"):
+        write_durable(root / "etc" / "cloud" / "x.cfg", b"x", root=root)
+    assert not (tmp_path / "x.cfg").exists()
+
+
+def test_confined_to_applies_to_writes_without_an_explicit_root(escape: tuple[Path, Path]) -> None:
+    root, outside = escape
+    target = root / "var" / "lib" / "sealboot" / "userdata"
+    with confined_to(root):
+        with pytest.raises(WriteError, match="symbolic link"):
+            write_durable(target, b"x")
+        with pytest.raises(WriteError, match="symbolic link"):
+            make_private_dirs(target.parent)
+        store = StateStore(target.parent)
+        with pytest.raises(WriteError, match="symbolic link"):
+            store.save(State(manifest_id="m"))
+        with pytest.raises(WriteError, match="symbolic link"), store.lock(wait=0.0):
+            pass
+        with pytest.raises(StateError, match="symbolic link"):
+            store.load()
+    assert list(outside.iterdir()) == []
+    # Outside the block, the default root is / again, where symlinks are followed.
+    write_durable(target, b"x")
+    assert (outside / "sealboot" / "userdata").read_bytes() == b"x"
+
+
+def test_the_root_itself_may_be_reached_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    write_durable(link / "etc" / "out", b"x", root=link)
+    assert (real / "etc" / "out").read_bytes() == b"x"
+    assert mode(real / "etc") == 0o700
+
+
+def test_symlinks_are_followed_when_the_root_is_slash(tmp_path: Path) -> None:
+    # Under / a symlink cannot lead out of the root; real systems have /var/run -> /run.
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    write_durable(tmp_path / "link" / "out", b"x", root=Path("/"))
+    assert (real / "out").read_bytes() == b"x"
+
+
+def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "out").symlink_to(victim)
+    write_durable(tmp_path / "root" / "out", b"new", root=tmp_path / "root")
+    assert victim.read_bytes() == b"keep"
+    assert not (tmp_path / "root" / "out").is_symlink()
+    assert (tmp_path / "root" / "out").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("inside", ["../outside/x", "etc/../../outside/x"])
+def test_dot_dot_never_leaves_the_root(inside: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(WriteError, match="'..'"):
+        write_durable(root / inside, b"x", root=root)
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_a_path_outside_the_root_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(WriteError, match="not under the root"):
+        write_durable(tmp_path / "elsewhere" / "x", b"x", root=tmp_path / "root")
+
+
+def test_open_under_never_follows_the_file_itself(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "log").symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic links") as info:
+        open_under(tmp_path / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, root=tmp_path)
+    assert info.value.errno == errno.ELOOP
+    assert victim.read_text() == "keep"
+
+
+def test_remove_under_does_not_reach_through_a_symlink(escape: tuple[Path, Path]) -> None:
+    root, outside = escape
+    (outside / "sealboot-failed").write_text("outside")
+    with pytest.raises(WriteError, match="symbolic link"):
+        remove_under(root / "var" / "lib" / "sealboot-failed", root=root)
+    assert (outside / "sealboot-failed").exists()
+    remove_under(root / "var" / "nothing" / "here", root=root)  # missing is fine
+    (root / "var" / "f").write_text("x")
+    remove_under(root / "var" / "f", root=root)
+    assert not (root / "var" / "f").exists()

@@ -466,3 +466,169 @@ def test_boolean_is_not_an_integer_in_a_manifest(field: str) -> None:
     data[field] = True
     with pytest.raises(WireError):
         Manifest.from_dict(data)
+
+
+# --- hostile input: exit classes, bounds, names that are not the manifest's own -----------
+
+
+@pytest.mark.parametrize("digit", ["\u0661", "\u06f1", "\u0967", "\uff11"])
+def test_region_with_non_ascii_digits_is_refused(digit: str) -> None:
+    # Arabic-Indic, extended Arabic-Indic, Devanagari and full-width one all match \d.
+    assert re.fullmatch(r"\d", digit)
+    with pytest.raises(WireError, match="region"):
+        native(region=f"eu-west-{digit}")
+    assert not wire.REGION_RE.match(f"eu-west-{digit}")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "http://[::1",
+        "http://[::1/path",
+        "https://host:99999",
+        "https://host:port",
+        "https://host:0",
+        "http://:5000",
+        "http://a\x00b",
+        "http://a\x7fb",
+        "http://h\u00e9te",
+        "http://\u0661.example",
+    ],
+)
+def test_endpoint_that_urllib_cannot_take_apart_is_refused(bad: str) -> None:
+    with pytest.raises(WireError, match="endpoint URL"):
+        check_endpoint_url(bad)
+    data = json.loads(native().to_json())
+    data["endpoint_url"] = bad
+    with pytest.raises(WireError, match="endpoint URL"):
+        Manifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        "http://[::1]:5000",
+        "https://vpce-1.secretsmanager.eu-west-1.vpce.amazonaws.com",
+        "http://h/",
+    ],
+)
+def test_endpoints_with_a_host_are_accepted(good: str) -> None:
+    check_endpoint_url(good)
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_deeply_nested_manifest_is_a_wire_error(opener: str) -> None:
+    text = opener * 100_000
+    with pytest.raises(WireError, match="nested too deeply"):
+        Manifest.from_json(text)
+
+
+def test_manifest_over_the_size_cap_is_refused_before_parsing() -> None:
+    assert wire.MANIFEST_MAX_BYTES == 1 << 20
+    text = native().to_json()
+    padded = text[:-1] + " " * (wire.MANIFEST_MAX_BYTES - len(text) + 1) + "}"
+    assert json.loads(padded)  # valid JSON, only too large
+    with pytest.raises(WireError, match="over 1048576 bytes"):
+        Manifest.from_json(padded)
+    assert Manifest.from_json(text[:-1] + " " * 1000 + "}") == native()
+
+
+def test_float_or_boolean_version_is_refused() -> None:
+    for v in (1.0, True):
+        data = json.loads(native().to_json())
+        data["v"] = v
+        with pytest.raises(WireError, match="version"):
+            Manifest.from_dict(data)
+
+
+def test_capa_count_over_the_limit_is_refused_before_the_names_are_built() -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="--count 200000 is over the limit of 1024"):
+            Manifest.capa("aws.cluster.x-k8s.io/u", 200_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 200,000 names are ~27 MB; refusing first allocates next to nothing.
+    assert peak < 1 << 20
+    assert Manifest.capa("aws.cluster.x-k8s.io/u", wire.MAX_FRAGMENTS).count == wire.MAX_FRAGMENTS
+
+
+LABELS = {"namespace": "ns", "cluster": "c1", "machine": "m1"}
+
+
+def scoped(*names: str, backend: str = "secrets-manager", **labels: str) -> Manifest:
+    return native(fragments=names, backend=backend, labels={**LABELS, **labels})
+
+
+def test_sealed_manifests_pass_the_scope_check() -> None:
+    token = random_token()
+    for count in (1, 3):
+        names = native_fragment_names(DEFAULT_ROOT, "ns", "c1", "m1", count, token)
+        scoped(*names).check_scope()
+        ssm = wire.ssm_fragment_names(wire.DEFAULT_SSM_ROOT, "ns", "c1", "m1", count, token)
+        scoped(*ssm, backend="ssm").check_scope()
+    # SealConfig.root may be any root; the labels fix what follows it.
+    scoped(*native_fragment_names("custom/root", "ns", "c1", "m1", 2, token)).check_scope()
+    # Over-long components: seal's labels carry them shortened; either form is accepted.
+    long = "m" * 200
+    names = native_fragment_names(DEFAULT_ROOT, "ns", "c1", long, 2, token)
+    scoped(*names, machine=name_component("machine", long)).check_scope()
+    scoped(*names, machine=long).check_scope()
+    Manifest.capa("aws.cluster.x-k8s.io/0b8f", 3).check_scope()
+    Manifest.capa("/cluster.x-k8s.io/0b8f", 3, backend="ssm").check_scope()
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [
+        # Another machine's, cluster's or namespace's fragment slipped into the list.
+        (("aws.cluster.x-k8s.io/ns/c1/m1/tok-0", "aws.cluster.x-k8s.io/ns/c1/m2/tok-1"), "m2"),
+        (("aws.cluster.x-k8s.io/ns/c2/m1/tok-0",), "is not named"),
+        (("aws.cluster.x-k8s.io/other/c1/m1/tok-0",), "is not named"),
+        # Under the right labels, but a different seal (token) or root.
+        (("aws.cluster.x-k8s.io/ns/c1/m1/tok-0", "aws.cluster.x-k8s.io/ns/c1/m1/tik-1"), "prefix"),
+        (("aws.cluster.x-k8s.io/ns/c1/m1/tok-0", "other/ns/c1/m1/tok-1"), "prefix"),
+        # Not the shape seal writes at all.
+        (("aws.cluster.x-k8s.io/ns/c1/m1/tok-x",), "is not named"),
+        (("aws.cluster.x-k8s.io/ns/c1/m1-0",), "is not named"),
+        (("ns/c1/m1/tok-0",), "is not named"),
+        (("aws.cluster.x-k8s.io/u-0",), "is not named"),
+    ],
+)
+def test_fragments_outside_the_labels_prefix_are_refused(names: tuple[str, ...], says: str) -> None:
+    with pytest.raises(WireError, match=says):
+        scoped(*names).check_scope()
+
+
+def test_ssm_fragments_outside_the_labels_prefix_are_refused() -> None:
+    good = "/cluster.x-k8s.io/ns/c1/m1/tok/0"
+    scoped(good, backend="ssm").check_scope()
+    for bad in ("/cluster.x-k8s.io/ns/c1/m2/tok/1", "/cluster.x-k8s.io/ns/c1/m1/tak/1"):
+        with pytest.raises(WireError):
+            scoped(good, bad, backend="ssm").check_scope()
+
+
+@pytest.mark.parametrize("missing", ["namespace", "cluster", "machine"])
+def test_native_manifest_without_its_labels_is_refused_by_the_scope_check(missing: str) -> None:
+    labels = {k: v for k, v in LABELS.items() if k != missing}
+    m = native(fragments=("aws.cluster.x-k8s.io/ns/c1/m1/tok-0",), labels=labels)
+    with pytest.raises(WireError, match=f"label.*{missing}"):
+        m.check_scope()
+
+
+@pytest.mark.parametrize(
+    ("backend", "names"),
+    [
+        ("secrets-manager", ("aws.cluster.x-k8s.io/u-0", "aws.cluster.x-k8s.io/v-1")),
+        ("secrets-manager", ("aws.cluster.x-k8s.io/u-0", "aws.cluster.x-k8s.io/u-x")),
+        ("secrets-manager", ("aws.cluster.x-k8s.io/u",)),
+        ("ssm", ("/cluster.x-k8s.io/u/0", "/cluster.x-k8s.io/v/1")),
+    ],
+)
+def test_capa_fragments_must_share_one_prefix(backend: str, names: tuple[str, ...]) -> None:
+    m = Manifest(backend=backend, format="capa", fragments=names)
+    with pytest.raises(WireError):
+        m.check_scope()
