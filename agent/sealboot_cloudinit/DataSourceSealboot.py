@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import email
 import email.policy
-import gzip
 import hashlib
 import logging
 import shlex
 import subprocess
+import zlib
 
 from cloudinit import sources
 from cloudinit.sources import DataSourceEc2
@@ -38,6 +38,7 @@ LOG = logging.getLogger(__name__)
 AGENT = "/usr/sbin/sealboot-agent"
 AGENT_TIMEOUT = 600
 _MANIFEST_VAR = "SEALBOOT_MANIFEST"
+_SEALED_LIMIT = 1 << 20
 
 
 def sealed_manifest(raw: object) -> str | None:
@@ -47,10 +48,15 @@ def sealed_manifest(raw: object) -> str | None:
     if not isinstance(raw, bytes) or b"SEALBOOT_MANIFEST" not in raw and raw[:2] != b"\x1f\x8b":
         return None
     if raw[:2] == b"\x1f\x8b":
+        # Bounded: sealboot's own user data is under 16 KB gzipped, far below this.
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError):
+            out = inflater.decompress(raw, _SEALED_LIMIT + 1)
+        except zlib.error:
             return None
+        if len(out) > _SEALED_LIMIT or not inflater.eof:
+            return None
+        raw = out
     text = raw.decode("utf-8", "replace")
     if not text.startswith("#cloud-boothook"):
         msg = email.message_from_string(text, policy=email.policy.compat32)
