@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from sealboot_agent import userdata
 from sealboot_agent.config import DEFAULT_OUTPUT, PRIVATE_OUTPUT
 from sealboot_agent.errors import AgentError, IntegrityError, UnsupportedUserData, shown
-from sealboot_agent.state import make_private_dirs, write_durable
+from sealboot_agent.state import make_private_dirs, remove_under, write_durable
 from sealboot_agent.userdata import Part
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def instance_dir(root: Path, instance_id: str) -> Path:
 
 def _writer(root: Path) -> userdata.Write:
     def write(inner: str, data: bytes, mode: int) -> None:
-        write_durable(root / inner.lstrip("/"), data, mode)
+        write_durable(root / inner.lstrip("/"), data, mode, root=root)
 
     return write
 
@@ -117,9 +117,9 @@ def apply_cloud_init(
 
 def _run_boothook(part: Part, root: Path, instance_id: str, run: Runner) -> None:
     hooks = root / "var/lib/sealboot/boothooks"
-    make_private_dirs(hooks)
+    make_private_dirs(hooks, root=root)
     path = hooks / f"boothook-{part.index:03d}"
-    write_durable(path, userdata.boothook_body(part.payload), 0o700)
+    write_durable(path, userdata.boothook_body(part.payload), 0o700, root=root)
     env = dict(os.environ, INSTANCE_ID=instance_id)
     log.info("part %d: running the nested boothook", part.index + 1)
     try:
@@ -131,23 +131,23 @@ def _run_boothook(part: Part, root: Path, instance_id: str, run: Runner) -> None
             # cloud-init itself only logs a failing boothook; do the same.
             log.warning("part %d: the nested boothook exited %d", part.index + 1, res.returncode)
     finally:
-        path.unlink(missing_ok=True)
+        remove_under(path, root=root)
 
 
 def schedule_cleanup(root: Path, instance_id: str, paths: list[str]) -> None:
     """Remove *paths* once the final stage has run (the datasource hand-off's private copy)."""
     script = instance_dir(root, instance_id) / "scripts" / CLEANUP_SCRIPT
-    write_durable(script, userdata.cleanup_text(paths), 0o700)
+    write_durable(script, userdata.cleanup_text(paths), 0o700, root=root)
 
 
 def report_failure(root: Path, instance_id: str, message: str) -> None:
     """Make a failed fetch visible in ``cloud-init status`` (a failing user script)."""
     script = instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT
-    write_durable(script, userdata.failure_text(message), 0o700)
+    write_durable(script, userdata.failure_text(message), 0o700, root=root)
 
 
 def clear_failure(root: Path, instance_id: str) -> None:
-    (instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT).unlink(missing_ok=True)
+    remove_under(instance_dir(root, instance_id) / "scripts" / FAILED_SCRIPT, root=root)
 
 
 def restart_cloud_init(root: Path) -> None:
@@ -214,7 +214,10 @@ class Handoff:
 class CloudInitHandoff(Handoff):
     def prepare(self, cfg: AgentConfig, payload: bytes, instance_id: str) -> Prepared:
         plan = plan_cloud_init(payload, cfg.max_size - len(payload))
-        return Prepared(payload, checked_instance_id(instance_id), plan)
+        # Where the parts go must be reachable (no symlink out of the root) before any delete.
+        make_private_dirs(cfg.path(CFG_DIR), root=cfg.root)
+        make_private_dirs(instance_dir(cfg.root, instance_id) / "scripts", root=cfg.root)
+        return Prepared(payload, instance_id, plan)
 
     def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
         assert prepared.plan is not None  # noqa: S101 - prepare() always plans
@@ -246,7 +249,7 @@ class CloudInitHandoff(Handoff):
 class StdoutHandoff(Handoff):
     def prepare(self, cfg: AgentConfig, payload: bytes, instance_id: str) -> Prepared:
         if not cfg.keep_plaintext:
-            checked_instance_id(instance_id)
+            make_private_dirs(instance_dir(cfg.root, instance_id) / "scripts", root=cfg.root)
         return Prepared(payload, instance_id)
 
     def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:

@@ -103,7 +103,7 @@ def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
     started = deps.clock()
     manifest = cfg.manifest
     mid = manifest.manifest_id
-    store = StateStore(cfg.path(cfg.state_dir), deps.wall)
+    store = StateStore(cfg.path(cfg.state_dir), deps.wall, root=cfg.root)
     deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
     with store.lock(wait=min(60.0, cfg.deadline), clock=deps.clock, sleep=deps.sleep):
         prev = store.load()
@@ -112,7 +112,7 @@ def run_fetch(cfg: AgentConfig, deps: Deps) -> State:
                 "user data was already handed over on this instance (%s); nothing to do",
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(prev.times.get("done", 0))),
             )
-            write_durable(store.done_marker(mid), b"")
+            write_durable(store.done_marker(mid), b"", root=cfg.root)
             return prev
         resumed, copy = _resumable(prev, cfg, mid)
         if resumed is not None:
@@ -150,7 +150,7 @@ def _pause(cfg: AgentConfig, store: StateStore, point: str, deps: Deps) -> None:
     if cfg.pause_at != point:
         return
     # Crash-safety tests kill the agent here; say so where the test can see it.
-    write_durable(store.directory / "paused", point.encode())
+    write_durable(store.directory / "paused", point.encode(), root=cfg.root)
     log.warning("test hook: paused at %s", point)
     end = deps.clock() + 120
     while deps.clock() < end:
@@ -247,7 +247,7 @@ def _steps(
     prepared = handoff.prepare(cfg, payload, iid)
     if copy is None:
         _save(cfg, store, state, "verified", deps)
-        write_durable(cfg.path(cfg.output), payload)
+        write_durable(cfg.path(cfg.output), payload, root=cfg.root)
         _pause(cfg, store, "output-on-disk", deps)
         state.output_sha256 = sha256_hex(payload)
         log.info("wrote %s (%d bytes, mode 0600, fsynced)", cfg.output, len(payload))
@@ -271,6 +271,6 @@ def _steps(
 
     handoff.apply(cfg, prepared)
     _save(cfg, store, state, "handed_off", deps)
-    write_durable(store.done_marker(state.manifest_id), b"")
+    write_durable(store.done_marker(state.manifest_id), b"", root=cfg.root)
     state.outcome = "ok"
     _save(cfg, store, state, "done", deps)

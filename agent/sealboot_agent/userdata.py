@@ -380,7 +380,7 @@ def place(
         elif part.kind == "script":
             # cloud-init's own file name, so scripts-user runs them in cloud-init's order.
             placed.append(f"{scripts}/{part.filename}")
-            write(placed[-1], part.payload, 0o700)
+            write(placed[-1], dos2unix(part.payload), 0o700)
         else:
             run_boothook(part, instance_id)
     if not keep_plaintext:
@@ -398,12 +398,20 @@ def place(
     return placed
 
 
+def dos2unix(data: bytes) -> bytes:
+    """cloud-init's util.dos2unix: CRLF to LF, only when the first line ends in CRLF."""
+    pos = data.find(b"\n")
+    if pos <= 0 or data[pos - 1 : pos] != b"\r":
+        return data
+    return data.replace(b"\r\n", b"\n")
+
+
 def boothook_body(payload: bytes) -> bytes:
-    """A nested boothook as cloud-init runs it: CRLF as LF, the ``#cloud-boothook`` line gone."""
-    body = payload.replace(b"\r\n", b"\n")
+    """A nested boothook as cloud-init's handler writes it: dos2unix, marker cut, lstrip."""
+    body = dos2unix(payload)
     if body.startswith(b"#cloud-boothook"):
-        body = body.split(b"\n", 1)[1] if b"\n" in body else b""
-    return body
+        body = body[len(b"#cloud-boothook") :]
+    return body.lstrip()
 
 
 # ---- reading sealboot's own rendered user data back (datasource, inspect).

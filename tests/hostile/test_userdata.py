@@ -203,3 +203,36 @@ def test_over_a_hundred_cloud_config_parts_sort_in_part_order() -> None:
 
     names = [cfg_name(i, 101) for i in range(101)]
     assert names == sorted(names)
+
+
+@pytest.mark.parametrize(
+    ("payload", "body"),
+    [
+        (b"#cloud-boothook\r\n#!/bin/sh\r\necho a\r\n", b"#!/bin/sh\necho a\n"),
+        (b"#cloud-boothook extra\n#!/bin/sh\n", b"extra\n#!/bin/sh\n"),
+        (b"#cloud-boothook\n  #!/bin/sh\n", b"#!/bin/sh\n"),
+        (b"#cloud-boothook\n#!/bin/sh\necho a\r\n", b"#!/bin/sh\necho a\r\n"),
+    ],
+)
+def test_nested_boothooks_are_written_as_cloud_init_writes_them(
+    payload: bytes, body: bytes
+) -> None:
+    from sealboot_agent.userdata import boothook_body
+
+    assert boothook_body(payload) == body
+
+
+def test_crlf_scripts_are_placed_with_lf_like_cloud_init() -> None:
+    from sealboot_agent.userdata import place
+
+    written: dict[str, bytes] = {}
+    parts = split(b"#!/bin/sh\r\necho a\r\n", Budget(1 << 20))
+    place(
+        parts,
+        "i-0123456789abcdef0",
+        lambda path, data, mode: written.__setitem__(path, data),
+        lambda part, iid: None,
+        plaintext=None,
+        keep_plaintext=True,
+    )
+    assert list(written.values()) == [b"#!/bin/sh\necho a\n"]
