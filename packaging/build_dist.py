@@ -50,6 +50,15 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGING = REPO / "packaging"
 AGENT_SRC = REPO / "agent" / "sealboot_agent"
 DATASOURCE_SRC = REPO / "agent" / "sealboot_cloudinit"
+
+
+def datasource_files() -> dict[str, Path]:
+    """What the datasource package holds once installed: its modules and the agent's parser."""
+    files = {src.name: src for src in sorted(DATASOURCE_SRC.glob("*.py"))}
+    files["userdata.py"] = AGENT_SRC / "userdata.py"
+    return files
+
+
 REQUIREMENTS = PACKAGING / "requirements-agent.txt"
 NFPM_CONFIG = PACKAGING / "nfpm.yaml"
 INSTALL_SH = PACKAGING / "install.sh"
@@ -465,11 +474,9 @@ def stage(site: Path, wheel_cache: Path, requirements: Path, src: Path) -> tuple
         raise BuildError(f"pip install --target failed:\n{res.stderr[-3000:]}")
     shutil.copytree(src, site / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # The cloud-init datasource travels inside the artifact; install.sh copies it out.
-    shutil.copytree(
-        DATASOURCE_SRC,
-        site / DATASOURCE_SRC.name,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
+    (site / DATASOURCE_SRC.name).mkdir()
+    for name, path in datasource_files().items():
+        shutil.copy(path, site / DATASOURCE_SRC.name / name)
     check_imports(site, src)
     services = agent_services(src)
     removed = prune_botocore(site, services)

@@ -22,59 +22,37 @@ and ``obj.pkl`` references it, so it must stay importable for the life of the in
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import logging
-import shlex
 import subprocess
-import zlib
 
 from cloudinit import sources
 from cloudinit.sources import DataSourceEc2
+
+try:
+    # Installed: the agent's user-data parser travels beside this module (build_dist).
+    from sealboot_cloudinit import userdata  # type: ignore[attr-defined]
+except ImportError:  # the source tree
+    from sealboot_agent import userdata
 
 LOG = logging.getLogger(__name__)
 
 AGENT = "/usr/sbin/sealboot-agent"
 AGENT_TIMEOUT = 600
-_MANIFEST_VAR = "SEALBOOT_MANIFEST"
-_SEALED_LIMIT = 1 << 20
 
 
 def sealed_manifest(raw: object) -> str | None:
     """The manifest JSON when *raw* is user data rendered by sealboot (cloud-init hand-off)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
-    if not isinstance(raw, bytes) or b"SEALBOOT_MANIFEST" not in raw and raw[:2] != b"\x1f\x8b":
+    if not isinstance(raw, bytes):
         return None
-    if raw[:2] == b"\x1f\x8b":
-        # Bounded: sealboot's own user data is under 16 KB gzipped, far below this.
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out = inflater.decompress(raw, _SEALED_LIMIT + 1)
-        except zlib.error:
-            return None
-        if len(out) > _SEALED_LIMIT or not inflater.eof:
-            return None
-        raw = out
-    text = raw.decode("utf-8", "replace")
-    if not text.startswith("#cloud-boothook"):
-        msg = email.message_from_string(text, policy=email.policy.compat32)
-        hooks = [p for p in msg.walk() if p.get_content_type() == "text/cloud-boothook"]
-        body = hooks[0].get_payload(decode=True) if hooks else None
-        if not isinstance(body, bytes):
-            return None
-        text = body.decode("utf-8", "replace")
-    parts: list[str] = []
-    handoff = "cloud-init"
-    for line in text.splitlines():
-        if line.startswith((f"{_MANIFEST_VAR}=", f"{_MANIFEST_VAR}+=")):
-            parts.append("".join(shlex.split(line.split("=", 1)[1])))
-        elif line.startswith("SEALBOOT_HANDOFF="):
-            handoff = "".join(shlex.split(line.split("=", 1)[1]))
-    if not parts or handoff != "cloud-init":
-        return None  # not sealboot's, or the legacy capa layout, which expects the boothook
-    return "".join(parts)
+    try:
+        manifest, handoff = userdata.sealed_boothook(raw)
+    except userdata.Refused:
+        return None
+    # Not sealboot's, or the legacy capa layout, which expects the boothook.
+    return manifest if handoff == "cloud-init" else None
 
 
 def _manifest_of(raw: object) -> str | None:
@@ -164,7 +142,7 @@ class DataSourceSealboot(DataSourceEc2.DataSourceEc2):  # type: ignore[misc]
 
     def _unseal(self, manifest: str) -> bytes | None:
         instance_id = str((self.metadata or {}).get("instance-id") or "")
-        argv = [AGENT, "fetch", "--handoff", "stdout", "--manifest", manifest]
+        argv = [AGENT, "fetch", "--handoff", "stdout", f"--manifest={manifest}"]
         if instance_id:
             argv += ["--instance-id", instance_id]
         try:

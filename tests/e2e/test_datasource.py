@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.agent_install import build_dist
 from tests.e2e.harness import Images, Instance, InstanceNetwork, NewInstance, e2e_suites
 from tests.e2e.test_harness import assert_clean_boot, assert_no_secret
 
 pytestmark = pytest.mark.e2e
 
 SUITES = e2e_suites()
-DATASOURCE_SRC = Path(__file__).resolve().parents[2] / "agent" / "sealboot_cloudinit"
 CONFIG = """\
 # sealboot datasource: EC2 through IMDSv2, sealed user data unsealed before cloud-init reads it.
 datasource_list: [Sealboot, None]
@@ -34,8 +34,8 @@ def install_datasource(inst: Instance) -> None:
     """What the AMI install adds for datasource mode (the package and its configuration)."""
     target = inst.path("/usr/lib/python3/dist-packages/sealboot_cloudinit")
     target.mkdir(parents=True, exist_ok=True)
-    for src in DATASOURCE_SRC.glob("*.py"):
-        shutil.copy(src, target / src.name)
+    for name, src in build_dist.datasource_files().items():
+        shutil.copy(src, target / name)
     inst.path("/etc/cloud/cloud.cfg.d/96-sealboot-datasource.cfg").write_text(CONFIG)
     inst.prepare_for_ec2_datasource()
 

@@ -34,9 +34,10 @@ from sealboot_agent.wire import (
     native_fragment_names,
     random_token,
 )
+from tests.e2e.agent_install import build_dist
 from tests.e2e.harness import REPO, Images, e2e_suites
 from tests.e2e.netns import SYSTEM_PATH, tool
-from tests.e2e.test_datasource import CONFIG, DATASOURCE_SRC
+from tests.e2e.test_datasource import CONFIG
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +52,7 @@ line=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --manifest) line="$line --manifest M" && shift ;;
+        --manifest=*) line="$line --manifest M" ;;
         *) line="$line $1" ;;
     esac
     shift
@@ -137,8 +139,8 @@ def build_layer(release: Release, dest: Path) -> Path:
     an empty resolv.conf (no DNS to wait for), the probe and the stand-in agent."""
     site = dest / "usr/lib/python3/dist-packages/sealboot_cloudinit"
     site.mkdir(parents=True)
-    for src in DATASOURCE_SRC.glob("*.py"):
-        shutil.copy(src, site / src.name)
+    for name, src in build_dist.datasource_files().items():
+        shutil.copy(src, site / name)
     cfg = dest / "etc/cloud/cloud.cfg.d/96-sealboot-datasource.cfg"
     cfg.parent.mkdir(parents=True)
     cfg.write_text(CONFIG)
@@ -307,7 +309,6 @@ def test_hostile_user_data_is_exactly_stock_ec2(release: Release, new_probe: New
     assert gunzip["EOFError"] >= 1, gunzip
     assert result["agent_calls"] == []
     log = probe.log()
-    assert "not sealboot's (error)" in log, "no failed detection was logged at debug"
     assert "PROBE-USERDATA-MARK" not in log, "user data reached a log line"
     assert "mine" not in log, "user data reached a log line"
 
