@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import TIMINGS, Image, Images, Instance, InstanceNetwork
+from tests.e2e.harness import NOTICES, TIMINGS, Image, Images, Instance, InstanceNetwork
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,10 @@ def new_instance(aws: InstanceNetwork, tmp_path: Path) -> Iterator[Callable[[Ima
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print what the e2e steps cost: rootfs builds, image bakes, boots."""
+    """Print what the e2e steps cost (rootfs builds, image bakes, boots) and what was not run."""
+    for notice in NOTICES:
+        terminalreporter.section("e2e: NOT COVERED in this run", sep="!", red=True, bold=True)
+        terminalreporter.write_line(notice, red=True, bold=True)
     if not TIMINGS:
         return
     terminalreporter.section("e2e timings")

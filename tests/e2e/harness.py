@@ -71,6 +71,8 @@ class Timing:
 
 
 TIMINGS: list[Timing] = []
+# Said loudly at the end of the run: what this run could not cover, and why.
+NOTICES: list[str] = []
 
 
 def _timed(what: str, start: float) -> float:

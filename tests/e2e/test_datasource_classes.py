@@ -35,7 +35,7 @@ from sealboot_agent.wire import (
     random_token,
 )
 from tests.e2e.agent_install import build_dist
-from tests.e2e.harness import REPO, Images, e2e_suites
+from tests.e2e.harness import NOTICES, REPO, Images, e2e_suites
 from tests.e2e.netns import SYSTEM_PATH, tool
 from tests.e2e.test_datasource import CONFIG
 
@@ -101,9 +101,17 @@ class Release:
     upstream: str | None = None
 
 
-RELEASES = [Release(f"debian-{s}", s) for s in e2e_suites()] + [
-    Release(f"upstream-{v}", "bookworm", v) for v in UPSTREAM
-]
+# CI always has the upstream sources (shared/ beside the clone); a user with only the repository
+# runs the Debian releases, and the run says loudly what it left out.
+if SHARED.is_dir() or os.environ.get("CI") == "true":
+    UPSTREAM_RELEASES = [Release(f"upstream-{v}", "bookworm", v) for v in UPSTREAM]
+else:
+    UPSTREAM_RELEASES = []
+    NOTICES.append(
+        f"datasource vs cloud-init {', '.join(UPSTREAM)}: no sources at {SHARED} "
+        "(set SEALBOOT_CLOUD_INIT_SOURCES to a directory of the release archives + SHA256SUMS)"
+    )
+RELEASES = [Release(f"debian-{s}", s) for s in e2e_suites()] + UPSTREAM_RELEASES
 
 
 def upstream_cloudinit(version: str, dest: Path) -> Path:
