@@ -45,7 +45,7 @@ from typing import Any
 
 from sealboot_agent.wire import Manifest
 from tests.e2e.agent_install import TargetPython, build_artifact, install_agent, root_python
-from tests.e2e.netns import IMDS_ADDRESS, NetNamespace, tool
+from tests.e2e.netns import IMDS_ADDRESS, SYSTEM_PATH, NetNamespace, tool
 from tests.stack.imds import Hit
 from tests.stack.local import LocalStack
 
@@ -60,6 +60,42 @@ MOTO_PORT = 5000
 MOTO_URL = f"http://{MOTO_HOST}:{MOTO_PORT}"
 REGION = "us-east-1"
 INSTANCE_ID = "i-0123456789abcdef0"
+
+
+def run_killable(
+    argv: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in a session of its own; past *timeout*, kill the whole group (TimeoutError)."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise TimeoutError(f"{argv[0]} did not finish in {timeout}s:\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def probe_json(argv: Sequence[str], what: str, timeout: float) -> tuple[dict[str, Any], str]:
+    """A probe's JSON answer and its stderr; the test fails if it hangs or exits non-zero."""
+    import pytest
+
+    try:
+        res = run_killable(argv, timeout, env={"PATH": SYSTEM_PATH})
+    except TimeoutError as exc:
+        pytest.fail(f"{what}: {exc}")
+    if res.returncode != 0:
+        pytest.fail(f"{what} exited {res.returncode}:\n{res.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(res.stdout)
+    return result, res.stderr
 
 
 @dataclass
@@ -560,21 +596,7 @@ class Instance:
         )
 
     def _run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            raise TimeoutError(f"{argv} did not finish in {timeout}s:\n{out}\n{err}") from None
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return run_killable(argv, timeout)
 
     def chroot(self, argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run *argv* in the instance (chroot, own PID/mount namespaces, its network), no /run."""

@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tarfile
 from collections import Counter
 from collections.abc import Callable
@@ -35,8 +33,8 @@ from sealboot_agent.wire import (
     random_token,
 )
 from tests.e2e.agent_install import build_dist
-from tests.e2e.harness import NOTICES, REPO, Images, e2e_suites
-from tests.e2e.netns import SYSTEM_PATH, tool
+from tests.e2e.harness import NOTICES, REPO, Images, e2e_suites, probe_json
+from tests.e2e.netns import tool
 from tests.e2e.test_datasource import CONFIG
 
 pytestmark = pytest.mark.e2e
@@ -232,24 +230,7 @@ class Probe:
             step,
             *args,
         ]
-        proc = subprocess.Popen(
-            argv,
-            env={"PATH": SYSTEM_PATH},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            pytest.fail(f"probe {step} timed out after {timeout}s:\n{err[-4000:]}")
-        if proc.returncode != 0:
-            pytest.fail(f"probe {step} exited {proc.returncode}:\n{err[-4000:]}")
-        result: dict[str, Any] = json.loads(out)
+        result, err = probe_json(argv, f"probe {step}", timeout)
         result["stderr"] = err
         want = "/opt/sealboot-probe/upstream/cloudinit" if self.release.upstream else "/usr/lib"
         assert result["cloud_init_path"].startswith(want), result["cloud_init_path"]

@@ -16,10 +16,7 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,8 @@ from typing import Any
 import pytest
 
 from sealboot_agent import userdata
-from tests.e2e.harness import REPO, TIMINGS, Images, Timing, e2e_suites
-from tests.e2e.netns import SYSTEM_PATH, tool
+from tests.e2e.harness import REPO, TIMINGS, Images, Timing, e2e_suites, probe_json
+from tests.e2e.netns import tool
 from tests.hostile.corpus import INCLUDE_BODY, INCLUDE_TARGET, MARK, Case, cases
 
 pytestmark = pytest.mark.e2e
@@ -110,24 +107,7 @@ def run_probe(layer: Path, rootfs: Path, root: Path, timeout: float = 300) -> di
         f"{layer}:{rootfs}",
         str(root),
     ]
-    proc = subprocess.Popen(
-        argv,
-        env={"PATH": SYSTEM_PATH},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"oracle probe timed out after {timeout}s:\n{err[-4000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"oracle probe exited {proc.returncode}:\n{err[-4000:]}")
-    result: dict[str, Any] = json.loads(out)
+    result, _ = probe_json(argv, "oracle probe", timeout)
     return result
 
 
