@@ -64,6 +64,12 @@ class _UtcFormatter(logging.Formatter):
         )
         self.converter = time.gmtime
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # One record, one line: whatever slipped into a message cannot forge another line or
+        # drive the terminal (tracebacks, appended after this, keep their lines).
+        record.message = shown(record.message, limit=1 << 16)
+        return super().formatMessage(record)
+
 
 def _same_file(stream: TextIO, path: Path) -> bool:
     try:

@@ -673,3 +673,20 @@ def test_log_file_that_is_a_symlink_is_not_followed(tmp_path: Path, outside: Pat
     emit("not-in-the-victim")
     assert victim.read_text() == "keep\n"
     assert "logging to stderr only" in stderr.getvalue()
+
+
+def test_a_log_record_is_one_line_whatever_its_message_holds() -> None:
+    import io
+    import logging
+
+    from sealboot_agent.cli import configure_logging
+
+    err = io.StringIO()
+    configure_logging(0, None, err)
+    logging.getLogger("sealboot_agent.test").warning(
+        "x %s", "a\n2026-01-01T00:00:00Z forged\x1b[2J"
+    )
+    out = err.getvalue()
+    assert out.count("\n") == 1
+    assert "\x1b" not in out
+    assert "\\n2026" in out
