@@ -40,6 +40,9 @@ _RETRY = re.compile(
 )
 
 
+ADVICE = "check the endpoint, region and network; the boothook runs again on the next boot"
+
+
 class Failed(Exception):
     """A fallback failure: exit code, what went wrong, what to do."""
 
@@ -93,16 +96,21 @@ class Cli:
         """Standard output of ``aws ARGS``; Failed with the agent's exit code otherwise."""
         attempt = 0
         while True:
-            res = subprocess.run(
-                ["aws", *args, *self.common],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=self.env,
-                check=False,
-            )
+            try:
+                res = subprocess.run(
+                    ["aws", *args, *self.common],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    env=self.env,
+                    check=False,
+                    timeout=max(1.0, self.deadline - time.monotonic()),
+                )
+            except subprocess.TimeoutExpired:
+                # A trickling endpoint must not hold the boot past the deadline.
+                raise Failed(SERVICE, f"{what}: no answer before the deadline", ADVICE) from None
             if res.returncode == 0:
                 return res.stdout.decode("ascii", "replace")
-            err = shown(res.stderr, 300)
+            err = userdata.shown(res.stderr.strip(), 300)
             if "ResourceNotFoundException" in err or "ParameterNotFound" in err:
                 raise Failed(MISSING, f"{what}: does not exist ({err})", "re-seal and replace")
             if "AccessDenied" in err or "DecryptionFailure" in err or "KMS" in err:
@@ -112,13 +120,13 @@ class Cli:
                     "grant the instance role read and delete on its fragments (sealboot policy)",
                 )
             if not _RETRY.search(err):
-                raise Failed(SERVICE, f"{what} failed (exit {res.returncode}: {err})", "check")
+                raise Failed(SERVICE, f"{what} failed (exit {res.returncode}: {err})", ADVICE)
             delay = random.uniform(0, min(5.0, 0.2 * 2**attempt))  # noqa: S311 - jitter
             if time.monotonic() + delay >= self.deadline:
                 raise Failed(
                     SERVICE,
                     f"{what}: gave up after {attempt + 1} attempt(s) at the deadline ({err})",
-                    "run it again",
+                    ADVICE,
                 )
             time.sleep(delay)
             attempt += 1
@@ -182,12 +190,6 @@ class Cli:
             except Failed as exc:
                 if exc.code != MISSING:
                     say("WARNING", f"could not delete {n}; remove it with 'sealboot delete'")
-
-
-def shown(value: bytes, limit: int) -> str:
-    """Outside text (the CLI's error output), one line, controls escaped, bounded."""
-    text = value.decode("utf-8", "backslashreplace").strip()[:limit]
-    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda c: repr(c.group())[1:-1], text)
 
 
 def _b64(text: str, why: str) -> bytes:

@@ -88,6 +88,28 @@ MAX_PARTS = 1000
 RESERVED_SCRIPTS = frozenset({"runcmd", "sealboot-failed"})
 
 
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators: anything that could start
+# a new log line, move the cursor or reach a terminal as an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """*value* as text that is safe to log or store: controls escaped, at most *limit* characters.
+
+    For what comes from outside (AWS error text, IMDS answers), never for user data, which is not
+    logged at all. Example::
+
+        >>> shown("bad\\nline\\x1b[31m")
+        'bad\\\\nline\\\\x1b[31m'
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    text = str(value)
+    cut = len(text) > limit
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text[:limit])
+    return text + "..." if cut else text
+
+
 class Refused(Exception):
     """User data the hand-off will not apply; ``too_large`` when it broke the size cap."""
 

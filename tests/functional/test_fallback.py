@@ -204,3 +204,19 @@ def test_neither_agent_nor_cli_fails_loudly(instance: Instance, tmp_path: Path) 
     assert res.returncode == 69
     assert "neither sealboot-agent nor the AWS CLI is installed" in instance.log
     assert_fragments_intact(instance.stack, sealed)
+
+
+def test_fallback_stops_at_the_deadline_when_aws_trickles(
+    instance: Instance, tmp_path: Path
+) -> None:
+    sealed = _seal_via_proxy(instance, tmp_path, cloud_config())
+    instance.stack.proxy.faults.trickle = 0.05  # ~20 s for one answer, a byte at a time
+
+    started = time.monotonic()
+    res = _boot(instance, sealed, SEALBOOT_DEADLINE="4")
+    took = time.monotonic() - started
+
+    assert res.returncode == 7, instance.log
+    assert "before the deadline" in instance.log
+    assert took < 4 + 4, took
+    assert_fragments_intact(instance.stack, sealed)
