@@ -89,7 +89,7 @@ class DeadlinePassed(BaseException):
     """
 
     def __init__(self, seconds: float, kind: str, what: str):
-        super().__init__(f"the deadline of {seconds:g} s passed while waiting for {what}")
+        super().__init__(f"the {seconds:g}s deadline ran out while waiting for {what}")
         self.seconds = seconds
         self.kind = kind
         self.what = what

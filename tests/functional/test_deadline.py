@@ -75,7 +75,7 @@ def test_trickling_aws_answer_is_cut_at_the_deadline(instance: Instance, tmp_pat
 
     assert code == 7, err
     assert took < DEADLINE + SLACK, took
-    assert "the deadline of 3 s passed while waiting for AWS (BatchGetSecretValue" in err
+    assert "the 3s deadline ran out while waiting for AWS (BatchGetSecretValue" in err
     assert_fragments_intact(instance.stack, sealed)
     assert not instance.output.exists()
     assert instance.state()["outcome"] == "failed"
@@ -101,7 +101,7 @@ def test_trickling_answers_on_worker_threads_end_the_process(
 
     assert code == 7, err
     assert took < DEADLINE + SLACK, took
-    assert "the deadline of 3 s passed while waiting for AWS (GetSecretValue" in err
+    assert "the 3s deadline ran out while waiting for AWS (GetSecretValue" in err
     assert "exit 7" in err
     assert_fragments_intact(instance.stack, sealed)
     assert not instance.output.exists()
@@ -119,7 +119,7 @@ def test_trickling_delete_is_reported_honestly(instance: Instance, tmp_path: Pat
     assert code == 9, err
     assert took < DEADLINE + SLACK, took
     assert "could not be deleted" in err
-    assert "passed while waiting for AWS (DeleteSecret" in err
+    assert "ran out while waiting for AWS (DeleteSecret" in err
     # The user data is durable by now; nothing may claim the fragments were left untouched.
     assert "no fragment was deleted" not in err
     assert instance.output.read_bytes() == sealed.payload

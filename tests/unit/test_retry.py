@@ -118,7 +118,7 @@ def test_a_call_the_watchdog_cut_counts_as_exhausted(clock: FakeClock) -> None:
         with_retries(call, policy(clock), "GetSecretValue x")
     assert call.count == 1
     assert info.value.describe() == (
-        "the deadline of 3 s passed while waiting for AWS (GetSecretValue x); 1 attempt(s) made"
+        "the 3s deadline ran out while waiting for AWS (GetSecretValue x); 1 attempt(s) made"
     )
 
 
@@ -143,7 +143,7 @@ def test_watchdog_interrupts_a_blocked_call_in_the_main_thread() -> None:
     with pytest.raises(DeadlinePassed) as info, Watchdog(0.2, grace=0.1), waiting_for(AWS, call):
         time.sleep(5)
     assert time.monotonic() - started < 1.0
-    assert "passed while waiting for AWS (BatchGetSecretValue" in str(info.value)
+    assert "ran out while waiting for AWS (BatchGetSecretValue" in str(info.value)
 
 
 def test_watchdog_leaves_work_that_is_not_a_network_call_alone() -> None:
