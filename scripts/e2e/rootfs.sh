@@ -3,7 +3,7 @@
 #
 #   scripts/e2e/rootfs.sh SUITE[+PKG,...] [DEST]
 #
-# SUITE is a Debian codename (bullseye, bookworm, trixie). DEST defaults to
+# SUITE is a Debian codename (bullseye, bookworm, trixie, sid). DEST defaults to
 # ${SEALBOOT_CACHE:-/var/cache/sealboot}/rootfs/SUITE, outside the repository, so a second run
 # costs nothing. The rootfs is built in a temporary directory next to DEST and renamed into place
 # only when complete; a stamp file inside it records what it was built from (suite, mirror,

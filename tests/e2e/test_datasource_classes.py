@@ -109,7 +109,9 @@ else:
         f"datasource vs cloud-init {', '.join(UPSTREAM)}: no sources at {SHARED} "
         "(set SEALBOOT_CLOUD_INIT_SOURCES to a directory of the release archives + SHA256SUMS)"
     )
-RELEASES = [Release(f"debian-{s}", s) for s in e2e_suites()] + UPSTREAM_RELEASES
+# Debian unstable carries the newest cloud-init (26.x, what Ubuntu 22.04/24.04 get as updates).
+NEWEST = [Release("debian-sid", "sid")]
+RELEASES = [Release(f"debian-{s}", s) for s in e2e_suites()] + UPSTREAM_RELEASES + NEWEST
 
 
 def upstream_cloudinit(version: str, dest: Path) -> Path:

@@ -30,7 +30,8 @@ from tests.hostile.corpus import INCLUDE_BODY, INCLUDE_TARGET, MARK, Case, cases
 
 pytestmark = pytest.mark.e2e
 
-SUITES = e2e_suites()
+# sid: the newest cloud-init (26.x) besides the three the e2e boots use.
+SUITES = [*e2e_suites(), "sid"]
 PROBE = Path(__file__).with_name("oracle_probe.py")
 USERDATA = REPO / "agent" / "sealboot_agent" / "userdata.py"
 PROBE_DIR = "/opt/sealboot-oracle"
