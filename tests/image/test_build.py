@@ -3,9 +3,14 @@ build's own checks catch what they are there to catch."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import shutil
 import subprocess
+import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +21,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from tests.image.bake import CACHE_DIR, Dist, build_dist_cache, build_dist_into, measured
+from tests.image.bake import CACHE_DIR, Dist, build_dist_cache, measured
 
 
 def site_names(pyz: Path) -> list[str]:
@@ -136,11 +141,167 @@ def test_artifact_is_small(dist: Dist) -> None:
     assert extracted < 8 * 1024 * 1024
 
 
-def test_build_is_reproducible(dist: Dist, tmp_path: Path) -> None:
-    again = build_dist_into(tmp_path / "again")
+# --- reproducibility (issue #13) ---------------------------------------------------------------
 
-    assert (again.dir / "SHA256SUMS").read_text() == (dist.dir / "SHA256SUMS").read_text()
-    assert len((dist.dir / "SHA256SUMS").read_text().splitlines()) == 3
+
+def git(*args: str, cwd: Path = build_dist.REPO) -> str:
+    res = subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return res.stdout
+
+
+def clone_with_this_working_tree(
+    dest: Path, commit: str, files: dict[str, tuple[bytes, int]]
+) -> None:
+    """A git checkout of *commit* at *dest* whose tracked files hold *files* (this working tree's
+    versions, so that the build under test is the one with the uncommitted edits)."""
+    subprocess.run(
+        ["git", "clone", "--quiet", "--no-checkout", "--shared", str(build_dist.REPO), str(dest)],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    git("update-ref", "--no-deref", "HEAD", commit, cwd=dest)
+    for name, (data, mode) in files.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(data)
+        (dest / name).chmod(mode)
+
+
+def build_in(checkout: Path, *, umask: int, **env: str) -> Path:
+    """``packaging/build_dist.py`` of *checkout*, run there as ``make dist`` would; its dist/."""
+    base = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(checkout / "packaging" / "build_dist.py"),
+            "--cache",
+            str(build_dist_cache()),  # shared: the wheels are pinned by hash
+        ],
+        cwd=checkout,
+        env={**base, **env},
+        umask=umask,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return checkout / "dist"
+
+
+def zip_entries(pyz: Path) -> list[tuple[str, tuple[int, ...], str, int]]:
+    with zipfile.ZipFile(pyz) as z:
+        return [(i.filename, i.date_time, oct(i.external_attr >> 16), i.CRC) for i in z.infolist()]
+
+
+def test_two_checkouts_of_one_commit_build_the_same_bytes(as_root: None, tmp_path: Path) -> None:
+    """The same commit (with this working tree's edits) built in two checkouts, at paths of
+    different lengths and at different times, gives byte-identical artifacts, SHA256SUMS and
+    build.json, dated by the commit. The second checkout is as another machine may have it:
+    owned by another user (CI building as root in a runner's checkout: git refuses to read it),
+    files 0600, an untracked ``*.orig`` and byte code in the agent package, umask 077, another
+    time zone, and a shiv installed under umask 077 (its bootstrap files 0600)."""
+    commit = git("rev-parse", "HEAD").strip()
+    epoch = int(git("log", "-1", "--format=%ct", commit))
+    files = {
+        name: (
+            (build_dist.REPO / name).read_bytes(),
+            (build_dist.REPO / name).stat().st_mode & 0o777,
+        )
+        for name in git("ls-files", "-z").split("\0")
+        if name and (build_dist.REPO / name).is_file()  # not deleted in the working tree
+    }
+    here = tmp_path / "a"
+    there = tmp_path / "a-checkout-with-a-much-longer-path" / "of" / "sealboot"
+    clone_with_this_working_tree(here, commit, files)
+    clone_with_this_working_tree(there, commit, files)
+
+    agent = there / "agent" / "sealboot_agent"
+    (agent / "cli.py.orig").write_text("# left behind by a merge\n")
+    (agent / "__pycache__").mkdir(exist_ok=True)
+    (agent / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"\0" * 16)
+    for name in files:
+        (there / name).chmod(0o600)
+    subprocess.run(["chown", "-R", "65534:65534", str(there)], timeout=60, check=True)
+    shiv = importlib.util.find_spec("shiv")
+    assert shiv is not None
+    assert shiv.origin is not None
+    toolchain = tmp_path / "toolchain"
+    shutil.copytree(
+        Path(shiv.origin).parent,
+        toolchain / "shiv",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for path in toolchain.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+    first = build_in(here, umask=0o022, TZ="UTC")
+    second = build_in(  # about two seconds later
+        there,
+        umask=0o077,
+        TZ="Pacific/Kiritimati",
+        PYTHONPATH=os.pathsep.join([str(toolchain), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+
+    assert sorted(p.name for p in second.iterdir()) == sorted(p.name for p in first.iterdir())
+    assert zip_entries(second / build_dist.PYZ_NAME) == zip_entries(first / build_dist.PYZ_NAME)
+    for path in sorted(first.iterdir()):
+        assert (second / path.name).read_bytes() == path.read_bytes(), f"{path.name} differs"
+    sums = (first / "SHA256SUMS").read_text().splitlines()
+    assert [line.split()[1] for line in sums] == [
+        build_dist.PYZ_NAME,
+        f"sealboot-agent_{build_dist.agent_version()}-1_all.deb",
+        f"sealboot-agent-{build_dist.agent_version()}-1.noarch.rpm",
+    ]
+    # Dated by the commit in both (not by the fallback for a tree outside git).
+    assert json.loads((first / "build.json").read_text())["source_date_epoch"] == epoch
+    dos_time = time.gmtime(epoch - epoch % 2)[:6]  # a zip entry's time has 2 s steps
+    assert {i[1] for i in zip_entries(first / build_dist.PYZ_NAME)} == {dos_time}
+    with zipfile.ZipFile(first / build_dist.PYZ_NAME) as z:
+        assert "site-packages/sealboot_agent/cli.py" in z.namelist()
+        assert not [n for n in z.namelist() if n.endswith((".orig", ".pyc"))]
+
+
+def test_source_date_epoch_comes_from_the_checkouts_own_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    checkout = tmp_path / "checkout"
+    git("init", "--quiet", str(checkout), cwd=tmp_path)
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "@1700000000 +0200")
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+        cwd=checkout,
+    )
+    assert build_dist.source_date_epoch(checkout) == 1700000000
+    # An export (no .git of its own): the fixed time, even inside a checkout, whatever GIT_DIR.
+    export = checkout / "build" / "export"
+    export.mkdir(parents=True)
+    assert build_dist.source_date_epoch(export) == build_dist.ZIP_EPOCH
+    monkeypatch.setenv("GIT_DIR", str(checkout / ".git"))
+    assert build_dist.source_date_epoch(export) == build_dist.ZIP_EPOCH
+    assert build_dist.source_date_epoch(checkout) == 1700000000
+    # A .git that git cannot read stops the build rather than giving another time.
+    (export / ".git").mkdir()
+    with pytest.raises(build_dist.BuildError, match="set SOURCE_DATE_EPOCH"):
+        build_dist.source_date_epoch(export)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1600000000")
+    assert build_dist.source_date_epoch(export) == 1600000000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # a zip cannot hold times before 1980
+    assert build_dist.source_date_epoch(export) == build_dist.ZIP_EPOCH
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(build_dist.BuildError, match="not a number"):
+        build_dist.source_date_epoch(export)
 
 
 # --- the build's own checks ---------------------------------------------------------------------
