@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sealboot-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint fmt unit functional e2e image dist bench system-deps clean help hostile
+.PHONY: setup demo test lint fmt unit functional e2e image dist bench system-deps clean help hostile \
+	stack shell
 BENCH_ARGS ?=
+STACK_ARGS ?=
 
 help:
 	@echo "make demo   seal -> render -> boot -> agent against the local stack"
@@ -14,6 +16,8 @@ help:
 	@echo "make lint   ruff, mypy --strict, shellcheck of a rendered boothook"
 	@echo "make bench  boot latency, boot storm, bulk seal, agent footprint (~3 min)"
 	@echo "make dist   agent artifact, .deb and .rpm in dist/"
+	@echo "make stack  moto server + IMDSv2 emulator in the foreground; prints export lines; Ctrl-C stops"
+	@echo "make shell  a shell with .venv active (sealboot, sealboot-agent, pytest on PATH)"
 
 $(STAMP): pyproject.toml requirements-dev.txt scripts/bootstrap.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
@@ -23,6 +27,15 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	@$(BIN)/python demo/demo.py
+
+# The local stack for debugging by hand: prints the export lines, runs until Ctrl-C (README).
+stack: $(STAMP)
+	@$(BIN)/python scripts/stack.py $(STACK_ARGS)
+
+# An interactive shell with the virtualenv first on PATH; `exit` leaves it.
+shell: $(STAMP)
+	@echo "make shell: $(abspath $(VENV)) is active; 'exit' leaves it" >&2
+	@VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH" $${SHELL:-/bin/bash} -i
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent boothook tests demo scripts packaging bench
