@@ -189,13 +189,31 @@ def _add_source_args(parser: argparse.ArgumentParser, *, required: bool) -> None
     )
 
 
+def _verbose_flag(default: object) -> argparse.ArgumentParser:
+    """``-v``/``--verbose`` as a parent parser, so it is taken before and after the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="more detail: timings, AWS request ids, IMDS request count (never secret bytes); "
+        "before or after the command",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # The subcommands' copy of -v defaults to SUPPRESS: a default there would overwrite a -v
+    # given before the command (argparse copies every subcommand value over the top level's).
+    verbose = _verbose_flag(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="sealboot-agent",
         description="Fetch sealed EC2 user data with the instance profile, verify it, write it "
         "durably, delete the fragments and hand the user data on.",
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_verbose_flag(0)],
     )
     parser.add_argument("--version", action="version", version=f"sealboot-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch, verify, write and delete the sealed user data",
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbose],
     )
     _add_source_args(fetch, required=True)
     fetch.add_argument(
@@ -263,48 +282,70 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LOG_FILE,
         help="also append log lines here, under --root; '-' for none (default: %(default)s)",
     )
-    fetch.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="add timings and AWS request ids (never secret bytes)",
-    )
 
     doctor = sub.add_parser(
         "doctor",
         help="check IMDSv2, credentials, region, endpoint, fragments and cloud-init "
         "without reading any secret value; exit 1 if a check fails",
+        parents=[verbose],
     )
     _add_source_args(doctor, required=False)
-    doctor.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
 
-    status = sub.add_parser("status", help="show what happened on this instance")
+    status = sub.add_parser("status", help="show what happened on this instance", parents=[verbose])
     status.add_argument("--root", help="filesystem root (default /) [env SEALBOOT_ROOT]")
     status.add_argument("--json", action="store_true", help="print the state as JSON")
     return parser
 
 
 def _load_manifest(args: argparse.Namespace, region: str | None, endpoint: str | None) -> Manifest:
-    try:
-        if args.prefix is not None:
-            if args.count is None:
-                raise UsageError("--prefix needs --count")
+    if args.prefix is not None:
+        if args.count is None:
+            raise UsageError("--prefix needs --count")
+        try:
             return Manifest.capa(
                 args.prefix, args.count, region=region, endpoint_url=endpoint, backend=args.backend
             )
-        if args.count is not None:
-            raise UsageError("--count goes with --prefix")
-        if args.manifest is None:
-            raise UsageError("give --manifest JSON|FILE or --prefix P --count N")
-        text: str = args.manifest
-        if not text.lstrip().startswith("{"):
-            text = _read_manifest_file(text)
+        except WireError as exc:
+            raise ManifestError(
+                f"bad manifest: {exc}",
+                hint="check --prefix, --count and --backend against the names the CAPA "
+                "controller wrote",
+            ) from exc
+    if args.count is not None:
+        raise UsageError("--count goes with --prefix")
+    if args.manifest is None:
+        raise UsageError("give --manifest JSON|FILE or --prefix P --count N")
+    text: str = args.manifest
+    if not text.lstrip().startswith("{"):
+        text = _read_manifest_file(text)
+    try:
         manifest = Manifest.from_json(text)
-        manifest.check_scope()
-        return manifest
     except WireError as exc:
         raise ManifestError(f"bad manifest: {exc}") from exc
+    try:
+        manifest.check_scope()
+    except WireError as exc:
+        # Seal never writes such a manifest, and re-rendering this one would keep the fault.
+        raise ManifestError(
+            f"bad manifest: {exc}",
+            hint="re-seal with 'sealboot seal', whose manifests always name their own "
+            "machine's fragments; if this one was edited, check who can change the user data",
+        ) from exc
+    return manifest
+
+
+_CHECK_PATH = (
+    "check the path: --manifest takes a manifest file or the manifest's JSON itself "
+    "(starting with '{')"
+)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _read_manifest_file(name: str) -> str:
@@ -312,17 +353,28 @@ def _read_manifest_file(name: str) -> str:
     try:
         with open(name, "rb") as fh:
             raw = fh.read(MANIFEST_MAX_BYTES + 1)
+    except FileNotFoundError as exc:
+        if name and _is_json(name):
+            return name  # JSON, just not an object: the parser says what is wrong with it
+        # A mistyped path, not a bad rendering: re-rendering would not help.
+        raise ManifestError(
+            f"no such file: {shown(name)} (and it is not JSON either)", hint=_CHECK_PATH
+        ) from exc
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {shown(name)}: {exc.strerror}") from exc
+        raise ManifestError(
+            f"cannot read manifest {shown(name)}: {exc.strerror}",
+            hint=f"{_CHECK_PATH}; the file must be readable by this user",
+        ) from exc
     if len(raw) > MANIFEST_MAX_BYTES:
         raise ManifestError(
             f"manifest {shown(name)} is over {MANIFEST_MAX_BYTES} bytes; a real one is a few "
-            "hundred"
+            "hundred",
+            hint=_CHECK_PATH,
         )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest {shown(name)} is not UTF-8 text") from exc
+        raise ManifestError(f"manifest {shown(name)} is not UTF-8 text", hint=_CHECK_PATH) from exc
 
 
 def _sources(
@@ -379,6 +431,18 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
     )
 
 
+_OUTCOMES = {
+    "ok": "ok",
+    "failed": "failed",
+    # A killed run leaves "running" behind; the next run resumes after the last step.
+    "running": "running, or stopped before it finished (the next run resumes)",
+}
+
+
+def _stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from sealboot_agent.state import PHASES, StateStore
 
@@ -395,8 +459,18 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         out.write(state.to_json())
         return 0 if state.outcome == "ok" else 1
     # The state file is under the root, so its text is shown like any text from outside.
-    out.write(f"outcome:   {shown(state.outcome)}\n")
-    out.write(f"phase:     {state.phase}\n")
+    out.write(f"outcome:   {_OUTCOMES.get(state.outcome) or shown(state.outcome)}\n")
+    if state.error:
+        err = state.error
+        kind = f"{shown(err.get('kind'))} " if err.get("kind") else ""
+        out.write(
+            f"error:     {kind}(exit {shown(err.get('exit_code'))}): "
+            f"{shown(err.get('message'), limit=4096)}\n"
+        )
+        if err.get("fragment"):
+            out.write(f"fragment:  {shown(err.get('fragment'), limit=1024)}\n")
+    # The phase saved is the last step that finished, not the one that failed.
+    out.write(f"last completed step: {state.phase}\n")
     out.write(f"manifest:  {shown(state.manifest_id)}\n")
     out.write(
         f"instance:  {shown(state.instance_id or '-')}  region: {shown(state.region or '-')}\n"
@@ -405,22 +479,32 @@ def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     out.write(f"fragments: {len(state.fragments)}\n")
     for name in state.fragments:
         out.write(f"  {shown(name)}{'  (left behind)' if name in state.left_behind else ''}\n")
+    out.write("steps completed:\n")
+    first = min(state.times.values(), default=0.0)
     for phase in PHASES:
         if phase not in state.times:
             continue
         at = state.times[phase]
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-        out.write(f"  {phase:<11} {stamp}\n")
-    if state.error:
+        since = f"  +{at - first:.3f}s" if args.verbose else ""
+        out.write(f"  {phase:<11} {_stamp(at)}{since}\n")
+    if args.verbose:
+        out.write(f"state file: {shown(store.file, limit=4096)}\n")
+        out.write(f"agent:     {shown(state.agent_version or '-')}\n")
+    if state.outcome == "running":
         out.write(
-            f"error:     {shown(state.error.get('message'))} "
-            f"(exit {shown(state.error.get('exit_code'))})\n"
+            "what to do: unless a sealboot-agent is running now, run 'sealboot-agent fetch' "
+            "again (safe: fragments are deleted only after a verified durable write)\n"
+        )
+    elif state.outcome != "ok":
+        out.write(
+            "what to do: the log (/var/log/cloud-init-output.log, or fetch's --log-file) has "
+            "the advice next to the error; 'sealboot-agent doctor' checks what a fetch needs\n"
         )
     return 0 if state.outcome == "ok" else 1
 
 
 def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from sealboot_agent.doctor import DoctorConfig, run_doctor
+    from sealboot_agent.doctor import FAIL, DoctorConfig, run_doctor, summary
     from sealboot_agent.run import Deps
 
     try:
@@ -429,7 +513,7 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
         if args.manifest is not None or args.prefix is not None:
             manifest = _load_manifest(args, region, endpoint)
     except AgentError as exc:
-        err.write(f"sealboot-agent: error: {exc.message}\n")
+        err.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
         return exc.exit_code
     configure_logging(args.verbose, None, err)
     cfg = DoctorConfig(
@@ -437,13 +521,17 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
         region=region,
         endpoint_url=endpoint,
         imds_endpoint=imds,
+        backend=args.backend,
+        use_fips=args.use_fips,
     )
     checks = run_doctor(cfg, Deps())
     for check in checks:
-        out.write(f"[{check.verdict:^4}] {check.name}: {check.detail}\n")
-    failed = [c for c in checks if not c.ok]
-    out.write(f"{len(checks) - len(failed)} of {len(checks)} checks passed\n")
-    return 1 if failed else 0
+        # Details quote IMDS, AWS, cloud-init and the manifest: all text from outside.
+        out.write(f"[{check.verdict:^4}] {check.name}: {shown(check.detail, limit=4096)}\n")
+        if check.todo:
+            out.write(f"       what to do: {shown(check.todo, limit=4096)}\n")
+    out.write(summary(checks) + "\n")
+    return 1 if any(c.verdict == FAIL for c in checks) else 0
 
 
 def main(

@@ -3,8 +3,8 @@
 Example::
 
     >>> checks = run_doctor(DoctorConfig(manifest=m), Deps())
-    >>> all(c.ok for c in checks)
-    True
+    >>> summary(checks)
+    '7 passed, 0 warnings, 0 failed, 0 skipped'
 """
 
 from __future__ import annotations
@@ -14,16 +14,36 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from sealboot_agent.errors import ImdsError
+from sealboot_agent.errors import FragmentMissing, ImdsError, shown
 from sealboot_agent.imds import Deadline, Imds, RoleCredentials
 from sealboot_agent.run import Deps
-from sealboot_agent.wire import Manifest
+from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, SSM_BATCH_MAX, Manifest
 
 log = logging.getLogger(__name__)
+
+OK, WARN, FAIL, SKIP = "ok", "WARN", "FAIL", "SKIP"
+VERDICTS = (OK, WARN, FAIL, SKIP)
+
+_SEE_ENDPOINT = (
+    "see the endpoint and credentials checks above; if they passed, run doctor again "
+    "(AWS may have throttled or failed for a moment)"
+)
+_DESCRIBE_DENIED = (
+    "the node policy ('sealboot policy --role node') grants GetSecretValue, which reads the "
+    "value, but not DescribeSecret, and doctor reads no secret value. Nothing to fix: fetch "
+    "reports a missing fragment itself (exit 4). To let doctor check, also grant "
+    "secretsmanager:DescribeSecret on the fragments"
+)
+_GET_PARAMETERS_DENIED = (
+    "the instance role may not call ssm:GetParameters, which fetch needs too: grant it "
+    "ssm:GetParameters and ssm:DeleteParameters on the fragments ('sealboot policy --role node "
+    "--backend ssm'). Doctor does not try DescribeParameters, which the node policy never grants"
+)
 
 
 @dataclass(frozen=True)
@@ -34,39 +54,78 @@ class DoctorConfig:
     region: str | None = None
     endpoint_url: str | None = None
     imds_endpoint: str = "http://169.254.169.254"
+    # Each stage (IMDS, then AWS) gets this long; a late instance profile is waited for.
     deadline: float = 20.0
+    # Without a manifest: which store --endpoint-url and the endpoint check are about.
+    backend: str = BACKEND_SECRETS_MANAGER
+    use_fips: bool = False
+
+    @property
+    def effective_backend(self) -> str:
+        return self.manifest.backend if self.manifest is not None else self.backend
+
+    @property
+    def effective_use_fips(self) -> bool:
+        return self.use_fips or (self.manifest is not None and self.manifest.use_fips)
 
 
 @dataclass(frozen=True)
 class Check:
+    """One verdict; every WARN and FAIL carries *todo*, what the operator should do."""
+
     name: str
-    ok: bool
+    verdict: str
     detail: str
-    warn: bool = False
+    todo: str = ""
 
     @property
-    def verdict(self) -> str:
-        return "WARN" if self.warn else ("ok" if self.ok else "FAIL")
+    def ok(self) -> bool:
+        """Whether doctor may still exit 0: only FAIL counts against it."""
+        return self.verdict != FAIL
 
 
-def _timed(fn: Callable[[], str]) -> tuple[str, float]:
-    t0 = time.monotonic()
-    out = fn()
-    return out, time.monotonic() - t0
+def summary(checks: Sequence[Check]) -> str:
+    """Each verdict counted on its own: a warning or a skipped check is not a pass."""
+    n = {v: sum(1 for c in checks if c.verdict == v) for v in VERDICTS}
+    warnings = "warning" if n[WARN] == 1 else "warnings"
+    return f"{n[OK]} passed, {n[WARN]} {warnings}, {n[FAIL]} failed, {n[SKIP]} skipped"
+
+
+def _ms(since: float) -> str:
+    return f"{(time.monotonic() - since) * 1000:.0f} ms"
 
 
 def _cloud_init_version() -> Check:
     exe = shutil.which("cloud-init")
     if exe is None:
-        return Check("cloud-init", True, "not installed on this machine", warn=True)
+        return Check(
+            "cloud-init",
+            WARN,
+            "not installed on this machine",
+            "install cloud-init on the image: the boothook and the datasource run under it "
+            "(ignore this where only 'sealboot-agent fetch' is run by hand)",
+        )
     try:
         res = subprocess.run(
             [exe, "--version"], capture_output=True, text=True, timeout=20, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("cloud-init", False, f"'cloud-init --version' failed: {exc}")
+        return Check(
+            "cloud-init",
+            FAIL,
+            f"'cloud-init --version' failed: {exc}",
+            "repair the cloud-init installation; run 'cloud-init --version' to see why",
+        )
     text = (res.stdout or res.stderr).strip().splitlines()
-    return Check("cloud-init", res.returncode == 0, text[0] if text else "no version printed")
+    first = text[0] if text else "no version printed"
+    if res.returncode != 0:
+        return Check(
+            "cloud-init",
+            FAIL,
+            f"'cloud-init --version' exited {res.returncode}: {first}",
+            "repair the cloud-init installation; run 'cloud-init --version' to see why",
+        )
+    return Check("cloud-init", OK, first)
 
 
 def _reachable(url: str, timeout: float) -> Check:
@@ -80,97 +139,299 @@ def _reachable(url: str, timeout: float) -> Check:
     except OSError as exc:
         return Check(
             "endpoint",
-            False,
-            f"cannot connect to {host}:{port} ({exc}); check the "
-            "VPC endpoint, security groups, proxy or NAT",
+            FAIL,
+            f"cannot connect to {url} ({host}:{port}: {exc})",
+            "check the VPC endpoint, security groups, proxy or NAT, and --endpoint-url",
         )
-    ms = (time.monotonic() - t0) * 1000
-    return Check("endpoint", True, f"{url} accepts connections ({ms:.0f} ms)")
+    return Check("endpoint", OK, f"{url} accepts connections ({_ms(t0)})")
 
 
-def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
-    """Run every check in order; later checks that need an earlier result are skipped."""
-    checks: list[Check] = []
-    deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
-    imds = Imds(cfg.imds_endpoint, deps.http_factory(), deadline)
-    creds: RoleCredentials | None = None
-    region = cfg.region or (cfg.manifest.region if cfg.manifest else None)
+def _offline_session() -> Any:
+    """A botocore session with no credential source, only to resolve an endpoint.
+
+    botocore's default chain would look for credentials, and try IMDSv1 on the way.
+    """
+    import botocore.session
+    from botocore.credentials import CredentialResolver
+
+    session = botocore.session.Session()
+    session.register_component("credential_provider", CredentialResolver(providers=[]))
+    return session
+
+
+def _client(
+    cfg: DoctorConfig,
+    deps: Deps,
+    session: Any,
+    region: str,
+    endpoint_url: str | None,
+    deadline: Deadline,
+) -> Any:
+    from sealboot_agent.aws import make_client
+
+    if deps.client_factory is not None:
+        return deps.client_factory(region=region, endpoint_url=endpoint_url)
+    ssm = cfg.effective_backend == BACKEND_SSM
+    return make_client(
+        session,
+        "ssm" if ssm else "secretsmanager",
+        region=region,
+        endpoint_url=endpoint_url,
+        deadline=deadline,
+        use_fips=cfg.effective_use_fips,
+    )
+
+
+def _imds_checks(
+    cfg: DoctorConfig, imds: Imds, checks: list[Check]
+) -> tuple[str | None, RoleCredentials | None]:
+    """The imds, identity and credentials checks; return the IMDS region and credentials."""
+    t0 = time.monotonic()
     try:
-        _, took = _timed(imds.token)
-        checks.append(
-            Check("imds", True, f"IMDSv2 token from {cfg.imds_endpoint} in {took * 1000:.0f} ms")
-        )
+        imds.token()
+    except ImdsError as exc:
+        checks.append(Check("imds", FAIL, exc.message, exc.advice))
+        why = "needs an IMDSv2 token (see the imds check)"
+        checks.append(Check("identity", SKIP, why))
+        checks.append(Check("credentials", SKIP, why))
+        return None, None
+    checks.append(Check("imds", OK, f"IMDSv2 token from {cfg.imds_endpoint} in {_ms(t0)}"))
+    region = None
+    try:
         instance_id = imds.instance_id()
-        imds_region = imds.region()
-        region = region or imds_region
-        checks.append(Check("identity", True, f"instance {instance_id} in {imds_region}"))
+        region = imds.region()
+        checks.append(Check("identity", OK, f"instance {instance_id} in {region}"))
+    except ImdsError as exc:
+        checks.append(Check("identity", FAIL, exc.message, exc.advice))
+    creds = None
+    try:
         creds = imds.role_credentials()
         checks.append(
             Check(
                 "credentials",
-                True,
+                OK,
                 f"instance profile role {creds.role}, expires {creds.expiry_time}",
             )
         )
     except ImdsError as exc:
-        checks.append(Check("imds", False, f"{exc.message}; {exc.advice}"))
+        checks.append(Check("credentials", FAIL, exc.message, exc.advice))
+    return region, creds
+
+
+def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
+    """Run every check in order; one that cannot run is a SKIP that says why."""
+    from botocore.exceptions import BotoCoreError
+
+    from sealboot_agent.aws import session_from_imds
+
+    checks: list[Check] = []
+    manifest = cfg.manifest
+    t0 = time.monotonic()
+    imds = Imds(
+        cfg.imds_endpoint, deps.http_factory(), Deadline(cfg.deadline, deps.clock, deps.sleep)
+    )
+    imds_region, creds = _imds_checks(cfg, imds, checks)
+    log.debug("IMDS: %d request(s) in %s", imds.requests, _ms(t0))
+
+    region = cfg.region or (manifest.region if manifest else None)
+    source = "--region" if cfg.region else "the manifest"
+    if region is None and imds_region is not None:
+        region, source = imds_region, "IMDS"
     if region:
-        checks.append(Check("region", True, region))
+        checks.append(Check("region", OK, f"{region} (from {source})"))
     else:
-        checks.append(Check("region", False, "unknown: pass --region or fix IMDS"))
-    endpoint = cfg.endpoint_url or (cfg.manifest.endpoint_url if cfg.manifest else None)
-    if endpoint is None and region:
-        endpoint = f"https://secretsmanager.{region}.amazonaws.com"
-    if endpoint:
-        checks.append(_reachable(endpoint, timeout=min(5.0, deadline.remaining() or 1.0)))
-    if cfg.manifest is not None and creds is not None and region:
-        checks.extend(_fragments(cfg.manifest, imds, creds, region, endpoint, deadline))
+        checks.append(
+            Check(
+                "region",
+                FAIL,
+                "unknown: not given, not in the manifest, and IMDS did not say",
+                "pass --region (or SEALBOOT_REGION), or fix IMDS (see the checks above)",
+            )
+        )
+
+    # The AWS calls get their own budget: a late instance profile may have used up IMDS's.
+    deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
+    endpoint_url = cfg.endpoint_url or (manifest.endpoint_url if manifest else None)
+    client = None
+    unreachable = False
+    if region is None:
+        if endpoint_url:
+            checks.append(_reachable(endpoint_url, timeout=5.0))
+        else:
+            checks.append(Check("endpoint", SKIP, "needs a region (see the region check)"))
+    else:
+        session = session_from_imds(imds, creds) if creds is not None else _offline_session()
+        log.debug(
+            "backend %s, FIPS endpoints %s",
+            cfg.effective_backend,
+            "on" if cfg.effective_use_fips else "off",
+        )
+        try:
+            client = _client(cfg, deps, session, region, endpoint_url, deadline)
+        except BotoCoreError as exc:
+            checks.append(
+                Check(
+                    "endpoint",
+                    FAIL,
+                    f"no endpoint for {cfg.effective_backend} in {region}"
+                    f"{' with FIPS' if cfg.effective_use_fips else ''}: {exc}",
+                    "check the region and the manifest's use_fips, or pass --endpoint-url",
+                )
+            )
+        else:
+            resolved = endpoint_url or getattr(client.meta, "endpoint_url", None)
+            if resolved:
+                checks.append(_reachable(resolved, timeout=5.0))
+                unreachable = checks[-1].verdict == FAIL
+            else:
+                checks.append(Check("endpoint", SKIP, "the client names no endpoint URL"))
+
+    if manifest is None:
+        checks.append(Check("fragments", SKIP, "no --manifest or --prefix given"))
+    elif creds is None:
+        checks.append(
+            Check(
+                "fragments",
+                SKIP,
+                "needs the instance-profile credentials (see the credentials check)",
+            )
+        )
+    elif client is None:
+        checks.append(Check("fragments", SKIP, "needs a region and an endpoint (see above)"))
+    elif unreachable:
+        # Each call would only wait out its timeouts against an endpoint that takes none.
+        checks.append(
+            Check("fragments", SKIP, "the endpoint accepts no connections (see the endpoint check)")
+        )
+    elif manifest.backend == BACKEND_SSM:
+        checks.extend(_parameters(client, manifest.fragments))
+    else:
+        checks.extend(_secrets(client, manifest.fragments))
     checks.append(_cloud_init_version())
     return checks
 
 
-def _fragments(
-    manifest: Manifest,
-    imds: Imds,
-    creds: RoleCredentials,
-    region: str,
-    endpoint: str | None,
-    deadline: Deadline,
-) -> list[Check]:
-    from botocore.exceptions import BotoCoreError, ClientError
+def _failed_call(what: str, exc: Exception) -> tuple[str, str, str]:
+    """(description, short description, code) of a failed AWS call, escaped (from outside).
 
-    from sealboot_agent.aws import make_client, session_from_imds
+    The short one leaves out the message, which can be a whole XML error document.
+    """
+    from botocore.exceptions import ClientError
+
     from sealboot_agent.retry import client_error
 
-    client = make_client(
-        session_from_imds(imds, creds),
-        "secretsmanager",
-        region=region,
-        endpoint_url=endpoint,
-        deadline=deadline,
-    )
-    out = []
-    for name in manifest.fragments:
+    if isinstance(exc, ClientError):
+        code, message, rid = client_error(exc)
+        at = f", request id {rid}" if rid else ""
+        return f"{what} failed ({code}{at}): {message}", f"{what} denied ({code}{at})", code
+    text = f"{what} failed: {shown(exc)}"
+    return text, text, ""
+
+
+def _secrets(client: Any, names: Sequence[str]) -> list[Check]:
+    """DescribeSecret per fragment: metadata only, never the value."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sealboot_agent.retry import DENIED, request_id
+
+    out: list[Check] = []
+    for i, name in enumerate(names):
+        t0 = time.monotonic()
         try:
-            client.describe_secret(SecretId=name)
-        except ClientError as exc:
-            code, _, _ = client_error(exc)
+            resp = client.describe_secret(SecretId=name)
+        except (ClientError, BotoCoreError) as exc:
+            detail, short, code = _failed_call(f"DescribeSecret of {name}", exc)
+            log.debug("%s after %s", detail, _ms(t0))
             if code == "ResourceNotFoundException":
-                out.append(Check("fragment", False, f"{name}: does not exist"))
-            elif code in ("AccessDeniedException", "AccessDenied"):
+                out.append(Check("fragment", FAIL, f"{name}: does not exist", FragmentMissing.hint))
+                continue
+            rest = len(names) - i
+            if code in DENIED:
+                # One denial is enough: the rest would be denied too, each logged by CloudTrail.
+                out.append(
+                    Check("fragments", SKIP, f"{rest} not checked: {short}; {_DESCRIBE_DENIED}")
+                )
+            else:
                 out.append(
                     Check(
-                        "fragment",
-                        True,
-                        f"{name}: DescribeSecret denied, so its "
-                        "existence is unknown (the node policy need not allow it)",
-                        warn=True,
+                        "fragments", FAIL, f"{detail}; {rest - 1} more not checked", _SEE_ENDPOINT
+                    )
+                )
+            return out
+        log.debug("DescribeSecret %s: request id %s, %s", name, request_id(resp), _ms(t0))
+        deleted = resp.get("DeletedDate")
+        if deleted:
+            out.append(
+                Check(
+                    "fragment",
+                    FAIL,
+                    f"{name}: scheduled for deletion (on {deleted}); fetch cannot read it",
+                    "restore it with 'aws secretsmanager restore-secret --secret-id NAME', or "
+                    "re-seal the user data and replace the instance",
+                )
+            )
+        else:
+            out.append(Check("fragment", OK, f"{name}: exists"))
+    return out
+
+
+def _parameters(client: Any, names: Sequence[str]) -> list[Check]:
+    """GetParameters without decryption, which the node policy grants; values are dropped."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sealboot_agent.retry import DENIED, request_id
+
+    out: list[Check] = []
+    for start in range(0, len(names), SSM_BATCH_MAX):
+        batch = list(names[start : start + SSM_BATCH_MAX])
+        t0 = time.monotonic()
+        try:
+            resp = client.get_parameters(Names=batch, WithDecryption=False)
+        except (ClientError, BotoCoreError) as exc:
+            detail, short, code = _failed_call(f"GetParameters of {len(batch)} fragment(s)", exc)
+            log.debug("%s after %s", detail, _ms(t0))
+            rest = len(names) - start
+            if code in DENIED:
+                out.append(
+                    Check(
+                        "fragments",
+                        FAIL,
+                        f"{rest} not checked: {short}",
+                        _GET_PARAMETERS_DENIED,
                     )
                 )
             else:
-                out.append(Check("fragment", False, f"{name}: {code}"))
-        except BotoCoreError as exc:
-            out.append(Check("fragment", False, f"{name}: {exc}"))
-        else:
-            out.append(Check("fragment", True, f"{name}: exists"))
+                out.append(Check("fragments", FAIL, f"{rest} not checked: {detail}", _SEE_ENDPOINT))
+            return out
+        log.debug("GetParameters of %d: request id %s, %s", len(batch), request_id(resp), _ms(t0))
+        # Only the name and type are kept: a SecureString's value comes back encrypted (no
+        # decryption was asked for), and no value of any type is looked at or shown.
+        kinds = {p.get("Name"): p.get("Type") for p in resp.get("Parameters", [])}
+        missing = set(resp.get("InvalidParameters", []))
+        del resp
+        for name in batch:
+            kind = kinds.get(name)
+            if name in missing:
+                out.append(Check("fragment", FAIL, f"{name}: does not exist", FragmentMissing.hint))
+            elif kind == "SecureString":
+                out.append(Check("fragment", OK, f"{name}: exists (SecureString, not decrypted)"))
+            elif kind is not None:
+                out.append(
+                    Check(
+                        "fragment",
+                        WARN,
+                        f"{name}: exists, but as a {kind} parameter, stored unencrypted",
+                        "re-seal with 'sealboot seal --backend ssm' (it writes SecureString), "
+                        "replace the instance, and delete this parameter",
+                    )
+                )
+            else:
+                out.append(
+                    Check(
+                        "fragment",
+                        FAIL,
+                        f"{name}: missing from the GetParameters answer",
+                        _SEE_ENDPOINT,
+                    )
+                )
     return out

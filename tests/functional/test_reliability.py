@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -239,8 +240,12 @@ def test_doctor_checks_everything_without_reading_secrets(
 
     assert res.returncode == 0, res.stdout + res.stderr
     for name in ("imds", "identity", "credentials", "region", "endpoint", "fragment"):
-        assert f"] {name}:" in res.stdout
+        assert f"[ ok ] {name}:" in res.stdout
     assert f"{sealed.manifest.fragments[0]}: exists" in res.stdout
+    # A warning (cloud-init is not installed here) is counted as one, not as a pass.
+    assert re.fullmatch(
+        r"\d+ passed, \d+ warnings?, 0 failed, 0 skipped", res.stdout.splitlines()[-1]
+    )
     calls = instance.stack.proxy.calls  # doctor went direct; the proxy saw nothing
     assert calls["GetSecretValue"] == calls["BatchGetSecretValue"] == 0
     assert set(secret_names(instance.stack)) == set(sealed.manifest.fragments)
@@ -259,8 +264,16 @@ def test_doctor_reports_failures(instance: Instance, tmp_path: Path) -> None:
     )
 
     assert res.returncode == 1
-    assert "[FAIL] imds:" in res.stdout
-    assert "checks passed" in res.stdout
+    lines = res.stdout.splitlines()
+    # IMDS answers; the instance profile is what is missing, and the check says what to do.
+    assert lines[0].startswith("[ ok ] imds:")
+    (fail,) = [i for i, line in enumerate(lines) if line.startswith("[FAIL]")]
+    assert lines[fail].startswith("[FAIL] credentials: ")
+    assert lines[fail + 1].startswith("       what to do: ")
+    # The fragment checks that cannot run without credentials are listed, not dropped.
+    skip = "[SKIP] fragments: needs the instance-profile credentials (see the credentials check)"
+    assert skip in lines
+    assert re.fullmatch(r"\d+ passed, \d+ warnings?, 1 failed, 1 skipped", lines[-1])
 
 
 def test_doctor_sees_a_missing_fragment(instance: Instance, tmp_path: Path) -> None:

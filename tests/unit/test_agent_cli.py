@@ -690,3 +690,98 @@ def test_a_log_record_is_one_line_whatever_its_message_holds() -> None:
     assert out.count("\n") == 1
     assert "\x1b" not in out
     assert "\\n2026" in out
+
+
+# --- -v before or after the command, manifest paths, status after a failure -----------------
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_verbose_is_taken_before_and_after_the_command(before: bool, tmp_path: Path) -> None:
+    def argv(command: str, *rest: str) -> list[str]:
+        return ["-v", command, *rest] if before else [command, "-v", *rest]
+
+    parser = build_parser()
+    for command in (["fetch", "--manifest", MJSON], ["status"], ["doctor"]):
+        assert parser.parse_args(argv(*command)).verbose == 1
+        assert parser.parse_args(command).verbose == 0
+
+    code, _, err = run(argv("fetch", *OFFLINE, "--manifest", MJSON, "--root", str(tmp_path)))
+    assert code == 3
+    assert " DEBUG: IMDS token attempt 1 failed" in err
+
+    store_under(tmp_path).save(State(manifest_id="c" * 32, phase="done", outcome="ok"), "done")
+    code, out, _ = run(argv("status", "--root", str(tmp_path)))
+    assert code == 0
+    assert "state file: " in out
+    assert "  done        " in out
+    assert "+0.000s" in out
+
+
+def test_mistyped_manifest_path_says_so_not_re_render(tmp_path: Path) -> None:
+    code, out, err = run(["fetch", "--manifest", "nope.json"])
+    assert code == 2
+    assert out == ""
+    assert "no such file: nope.json (and it is not JSON either)" in err
+    assert "check the path" in err
+    assert "re-render" not in err
+    code, _, err = run(["doctor", "--manifest", "nope.json"])
+    assert code == 2
+    assert "no such file: nope.json" in err
+    assert "what to do: check the path" in err
+
+
+def test_manifest_errors_give_advice_that_fits(tmp_path: Path) -> None:
+    code, _, err = run(["fetch", "--manifest", str(tmp_path)])  # a directory
+    assert code == 2
+    assert "cannot read manifest" in err
+    assert "check the path" in err
+    code, _, err = fetch(tmp_path, "--prefix", "bad name", "--count", "1")
+    assert code == 2
+    assert "check --prefix, --count and --backend" in err
+    code, _, err = fetch(tmp_path, "--manifest", other_machines_fragment())
+    assert code == 2
+    assert "re-seal with 'sealboot seal'" in err
+    code, _, err = fetch(tmp_path, "--manifest", '{"v": 99}')
+    assert code == 2
+    assert "re-render" in err  # a manifest this agent cannot read: that advice fits
+    code, _, err = fetch(tmp_path, "--manifest", "[1, 2]")
+    assert code == 2
+    assert "must be a JSON object" in err  # JSON, though not a manifest: not "no such file"
+
+
+def test_status_after_a_failure_names_the_error_and_the_last_step_that_finished(
+    tmp_path: Path,
+) -> None:
+    state = State(
+        manifest_id="d" * 32,
+        phase="credentials",
+        outcome="failed",
+        times={"started": 1_700_000_000.0, "credentials": 1_700_000_000.5},
+        error={
+            "exit_code": 5,
+            "kind": "AccessDenied",
+            "message": "access to fragment x-0 denied\x1b[2J",
+            "fragment": "x-0",
+        },
+    )
+    store_under(tmp_path).save(state)
+
+    code, out, _ = run(["status", "--root", str(tmp_path)])
+
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == "outcome:   failed"
+    assert lines[1] == "error:     AccessDenied (exit 5): access to fragment x-0 denied\\x1b[2J"
+    assert "fragment:  x-0" in lines
+    assert "last completed step: credentials" in lines
+    assert not any(line.startswith("phase:") for line in lines)
+    assert lines[-1].startswith("what to do: ")
+
+
+def test_status_of_an_interrupted_run_says_rerun(tmp_path: Path) -> None:
+    store_under(tmp_path).save(State(manifest_id="e" * 32), "started")
+    code, out, _ = run(["status", "--root", str(tmp_path)])
+    assert code == 1
+    assert out.startswith("outcome:   running, or stopped before it finished")
+    assert "last completed step: started" in out
+    assert "run 'sealboot-agent fetch' again" in out
