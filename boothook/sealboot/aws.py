@@ -7,6 +7,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,6 +16,8 @@ from sealboot.errors import AccessDenied, AwsError, SealbootError
 from sealboot_agent import __version__
 
 Client = Any
+
+log = logging.getLogger(__name__)
 
 _DENIED = {
     "AccessDeniedException",
@@ -46,19 +49,35 @@ def aws_client(
     mode = "adaptive" if workers > 1 else "standard"
     # A fresh session, not boto3's default one: that caches credentials and endpoint settings
     # from the first call, which is wrong for a long-lived controller or in-process callers.
-    return boto3.session.Session().client(
-        service,
-        region_name=region,
-        endpoint_url=endpoint_url,
-        config=Config(
-            retries={"mode": mode, "max_attempts": max_attempts},
-            connect_timeout=5,
-            read_timeout=20,
-            user_agent_extra=f"sealboot/{__version__}",
-            use_fips_endpoint=use_fips,
-            max_pool_connections=max(10, workers),
-        ),
-    )
+    session = boto3.session.Session()
+    try:
+        client = session.client(
+            service,
+            region_name=region,
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"mode": mode, "max_attempts": max_attempts},
+                connect_timeout=5,
+                read_timeout=20,
+                user_agent_extra=f"sealboot/{__version__}",
+                use_fips_endpoint=use_fips,
+                max_pool_connections=max(10, workers),
+            ),
+        )
+    except BotoCoreError as exc:  # no region, an unknown endpoint, half a key pair
+        raise wrap(exc, f"setting up the {service} client") from exc
+    if log.isEnabledFor(logging.DEBUG):
+        # The client resolved its credentials already; read what it found rather than ask the
+        # session again, which would search every provider (IMDS included) a second time.
+        creds = getattr(getattr(session, "_session", None), "_credentials", None)
+        log.debug(
+            "%s: region %s, endpoint %s, credentials from %s",
+            service,
+            client.meta.region_name,
+            client.meta.endpoint_url,
+            getattr(creds, "method", None) or "nowhere (none found)",
+        )
+    return client
 
 
 def secrets_client(
@@ -67,6 +86,12 @@ def secrets_client(
     return aws_client(
         "secretsmanager", region=region, endpoint_url=endpoint_url, max_attempts=max_attempts
     )
+
+
+def request_id(response: Any) -> str:
+    """The AWS request id of a response (or ``-``), for -v lines and error messages."""
+    meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
+    return str(meta.get("RequestId") or "-")
 
 
 def error_code(exc: ClientError) -> str:
@@ -78,12 +103,18 @@ def wrap(exc: Exception, doing: str) -> SealbootError:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         rid = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-        text = f"{doing}: {err.get('Code')}: {err.get('Message')}"
+        text = f"{doing}: {err.get('Code')}: {_short(err.get('Message'))}"
         if rid:
             text += f" (request id {rid})"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         denied = err.get("Code") in _DENIED or status == 403
         return AccessDenied(text) if denied else AwsError(text)
     if isinstance(exc, BotoCoreError):
-        return AwsError(f"{doing}: {exc}")
-    return AwsError(f"{doing}: {type(exc).__name__}: {exc}")
+        return AwsError(f"{doing}: {_short(exc)}")
+    return AwsError(f"{doing}: {type(exc).__name__}: {_short(exc)}")
+
+
+def _short(text: object, limit: int = 300) -> str:
+    """Error text on one line and bounded: a wrong endpoint may answer with a whole HTML page."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -12,14 +12,25 @@ import argparse
 import contextlib
 import logging
 import os
+import platform
+import secrets
+import stat
 import sys
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from sealboot import policy as policy_cmd
 from sealboot import sweep as sweep_cmd
-from sealboot.errors import EXIT_CODES, InputError, SealbootError, TooLarge
+from sealboot.errors import (
+    EXIT_CODES,
+    NOTHING_CREATED,
+    NOTHING_DELETED,
+    InputError,
+    SealbootError,
+    TooLarge,
+)
 from sealboot_agent import __version__
 from sealboot_agent.wire import (
     BACKENDS,
@@ -36,6 +47,10 @@ log = logging.getLogger("sealboot")
 # What `inspect` reads: EC2 user data is at most 16 KB, gzipped or not; this leaves room for a
 # copy wrapped by other tools, and bounds the read and the gunzip of a file that is not that.
 USERDATA_READ_MAX = 1 << 20
+# What a command that fails before touching AWS has left there, for its "what to do" line.
+UNTOUCHED = {"seal": NOTHING_CREATED, "delete": NOTHING_DELETED}
+VERBOSE_HELP = "more detail on stderr: region, endpoint, names, sizes, timings, request ids"
+WRITE_HINT = "check that the output path is writable and its disk has room, then run again"
 
 
 def _epilog() -> str:
@@ -66,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sealboot {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     seal = sub.add_parser("seal", help="store user data as fragments; print the EC2 user data")
@@ -80,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument(
         "--tier",
         choices=["standard", "advanced"],
-        default="standard",
-        help="ssm: Standard (4 KB values, free) or Advanced (8 KB values) parameters",
+        help="--backend ssm only: Standard (4 KB values, free; the default) or Advanced "
+        "(8 KB values) parameters",
     )
     seal.add_argument(
         "--use-fips",
@@ -157,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "userdata", metavar="USERDATA_FILE", help="rendered user data, or - (at most 1 MiB)"
     )
+    # -v also after the subcommand ("sealboot seal -v ..."), on every one of them, those other
+    # modules build included. Its own dest, absent unless given, so both places add up.
+    for command in sub.choices.values():
+        command.add_argument(
+            "-v",
+            "--verbose",
+            dest="sub_verbose",
+            action="count",
+            default=argparse.SUPPRESS,
+            help=VERBOSE_HELP,
+        )
     return parser
 
 
@@ -178,22 +204,106 @@ def _read(path: str, stdin: TextIO, limit: int) -> bytes:
     return data
 
 
-def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
-    raw = data.encode() if isinstance(data, str) else data
+def _to_stdout(path: str | None) -> bool:
+    return path is None or path == "-"
+
+
+def _in_place(path: str) -> bool:
+    """True for an existing device or pipe (``/dev/stdout``, ``/dev/null``): written as it is,
+    since there is nothing to rename over."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _check_output(path: str | None, flag: str) -> None:
+    """Refuse an output that cannot be written, before anything is created."""
     if path is None or path == "-":
-        stdout.flush()
-        if hasattr(stdout, "buffer"):
-            stdout.buffer.write(raw)
-            stdout.buffer.flush()
-        else:
-            stdout.write(raw.decode("utf-8", "replace"))
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+        if _in_place(path):
+            if os.path.isdir(path):
+                raise InputError(f"{flag} {path} is a directory; name a file in it")
+            if not os.access(path, os.W_OK):
+                raise InputError(f"{flag} {path} is not writable")
+            return
+    except OSError as exc:  # a parent that is a file, a directory we may not search
+        raise InputError(f"{flag} {path}: {exc.strerror}") from exc
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    if not os.path.isdir(parent):
+        raise InputError(f"{flag} {path}: the directory {parent} does not exist")
+    # A file is written next to its place and renamed over it: the directory must be writable.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot create files in {parent} (permission denied)")
+
+
+def _check_outputs(outputs: Sequence[tuple[str | None, str]]) -> None:
+    """Refuse outputs that cannot be written, or that would land on the same place."""
+    for path, flag in outputs:
+        _check_output(path, flag)
+    places = [("stdout" if _to_stdout(p) else os.path.realpath(str(p)), f) for p, f in outputs]
+    for i, (place, flag) in enumerate(places):
+        for other, other_flag in places[i + 1 :]:
+            if place == other:
+                where = "standard output" if place == "stdout" else place
+                raise InputError(f"{flag} and {other_flag} would both write to {where}")
+
+
+def _write_all(outputs: Sequence[tuple[str | None, bytes]], stdout: TextIO) -> None:
+    """Write every output or none: files through a temporary file renamed into place once all
+    are written, devices and pipes in place, standard output last (it cannot be taken back)."""
+    staged: list[tuple[str, str]] = []
+    placed: list[str] = []
+    current = ""
+    try:
+        for path, data in outputs:
+            if path is None or path == "-":
+                continue
+            current = path
+            if _in_place(path):
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                continue
+            real = os.path.realpath(path)
+            tmp = os.path.join(
+                os.path.dirname(real), f".{os.path.basename(real)}.{secrets.token_hex(4)}.tmp"
+            )
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            staged.append((tmp, real))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, real in staged:
+            current = real
+            os.replace(tmp, real)
+            placed.append(real)
+        current = "standard output"
+        for path, data in outputs:
+            if _to_stdout(path):
+                stdout.flush()
+                if hasattr(stdout, "buffer"):
+                    stdout.buffer.write(data)
+                    stdout.buffer.flush()
+                else:
+                    stdout.write(data.decode("utf-8", "replace"))
+                    stdout.flush()
+    except BaseException as exc:
+        # Nothing half-written stays: the caller undoes its own work (sealed fragments) too.
+        for tmp, real in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(real if real in placed else tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {current}: {exc.strerror}", hint=WRITE_HINT) from exc
+        raise
+    for path, data in outputs:
+        log.debug("wrote %d bytes to %s", len(data), "stdout" if _to_stdout(path) else path)
+
+
+def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
+    _write_all([(path, data.encode() if isinstance(data, str) else data)], stdout)
 
 
 def _manifest(path: str, stdin: TextIO, *, scoped: bool = False) -> Manifest:
@@ -251,7 +361,23 @@ def _cmd_seal(
     from sealboot.render import EC2_USERDATA_MAX, render_userdata
     from sealboot.seal import MAX_USERDATA, SealConfig, seal
 
+    if args.tier is not None and args.backend != "ssm":
+        raise InputError(
+            f"--tier {args.tier} is for SSM Parameter Store parameters; add --backend ssm, "
+            "or drop --tier (Secrets Manager has no tiers)"
+        )
+    outputs: list[tuple[str | None, str]] = [(args.output, "-o/--output")]
+    if args.manifest_out is not None:  # None: no manifest file (-o None: standard output)
+        outputs.insert(0, (args.manifest_out, "--manifest-out"))
+    _check_outputs(outputs)
     data = _read(args.userdata, stdin, MAX_USERDATA)
+    where = "standard input" if args.userdata == "-" else args.userdata
+    if not data:
+        raise InputError(
+            f"{where} is empty: there is no user data to seal",
+            hint="give the file that holds the user data, or pipe it in with -",
+        )
+    log.debug("read %d bytes of user data from %s", len(data), where)
     if args.insecure_skip_secrets_manager:
         log.warning(
             "WARNING: --insecure-skip-secrets-manager: the user data is NOT sealed. It goes into "
@@ -273,11 +399,33 @@ def _cmd_seal(
         format=args.format,
         ttl_seconds=args.expires_in,
         backend=args.backend,
-        tier=args.tier,
+        tier=args.tier or "standard",
         use_fips=args.use_fips,
     )
     if cfg.region is None:
         raise InputError("no region: pass --region or set AWS_REGION")
+    log.debug(
+        "sealing into %s in %s (endpoint %s), KMS key %s, %s format, hand-off %s",
+        cfg.backend,
+        cfg.region,
+        cfg.endpoint_url or "AWS default",
+        cfg.kms_key_id or "the AWS managed one",
+        cfg.format,
+        args.handoff,
+    )
+    rendered: list[bytes] = []
+
+    def check(manifest: Manifest) -> None:
+        # Rendered before any fragment exists: a manifest too large for EC2 creates nothing.
+        rendered.append(render_userdata(manifest, args.handoff))
+
+    def commit(manifest: Manifest) -> None:
+        written: list[tuple[str | None, bytes]] = []
+        if args.manifest_out is not None:
+            written.append((args.manifest_out, (manifest.to_json() + "\n").encode()))
+        written.append((args.output, rendered[0]))
+        _write_all(written, stdout)
+
     manifest = seal(
         data,
         namespace=args.namespace,
@@ -285,20 +433,65 @@ def _cmd_seal(
         machine=args.machine,
         role=args.role,
         config=cfg,
+        check=check,
+        commit=commit,
     )
-    try:
-        userdata = render_userdata(manifest, args.handoff)
-    except SealbootError:
-        from sealboot.delete import delete
-
-        # Nothing will ever fetch fragments whose user data cannot be rendered.
-        delete(manifest, region=cfg.region, endpoint_url=cfg.endpoint_url)
-        raise
-    if args.manifest_out:
-        _write(args.manifest_out, manifest.to_json() + "\n", stdout)
-    _write(args.output, userdata, stdout)
     log.info("sealed %d fragment(s); manifest %s", manifest.count, manifest.manifest_id)
     return 0
+
+
+def _run(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
+    """Run the parsed command."""
+    if args.command == "seal":
+        return _cmd_seal(args, env, stdin, stdout)
+    if args.command == "render":
+        from sealboot.render import render_userdata
+
+        _check_outputs([(args.output, "-o/--output")])
+        manifest = _manifest(args.manifest, stdin)
+        _write(args.output, render_userdata(manifest, args.handoff), stdout)
+        return 0
+    if args.command == "delete":
+        from sealboot.delete import delete
+
+        manifest = _manifest(args.manifest, stdin, scoped=True)
+        endpoint = args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL")
+        _aws_target(args.region, endpoint)
+        log.debug(
+            "manifest %s names %d fragment(s) in %s",
+            manifest.manifest_id,
+            manifest.count,
+            manifest.backend,
+        )
+        gone = delete(manifest, region=args.region, endpoint_url=endpoint)
+        log.info("%d of %d fragment(s) are gone", len(gone), manifest.count)
+        return 0
+    if args.command == "policy":
+        return policy_cmd.run(args, env, stdout, stderr)
+    if args.command == "sweep":
+        return sweep_cmd.run(args, env, stdout, stderr)
+    if args.command == "tag-instance":
+        return sweep_cmd.run_tag_instance(args, env, stdout, stderr)
+    if args.command == "inspect":
+        from sealboot.render import inspect
+
+        raw = _read(args.userdata, stdin, USERDATA_READ_MAX)
+        manifest = inspect(_gunzip_capped(raw, USERDATA_READ_MAX))
+        log.debug(
+            "%d bytes of user data carry manifest %s (%d fragment(s))",
+            len(raw),
+            manifest.manifest_id,
+            manifest.count,
+        )
+        stdout.write(manifest.to_json() + "\n")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 def main(
@@ -317,47 +510,37 @@ def main(
             args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    verbose = args.verbose + getattr(args, "sub_verbose", 0)
     handler = logging.StreamHandler(stderr)
-    handler.setFormatter(logging.Formatter("sealboot: %(message)s"))
+    handler.setFormatter(_Formatter("%(message)s"))
     root = logging.getLogger("sealboot")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    log.debug(
+        "sealboot %s, Python %s, command %s", __version__, platform.python_version(), args.command
+    )
+    started = time.monotonic()
     try:
-        if args.command == "seal":
-            return _cmd_seal(args, env, stdin, stdout)
-        if args.command == "render":
-            from sealboot.render import render_userdata
-
-            manifest = _manifest(args.manifest, stdin)
-            _write(args.output, render_userdata(manifest, args.handoff), stdout)
-            return 0
-        if args.command == "delete":
-            from sealboot.delete import delete
-
-            manifest = _manifest(args.manifest, stdin, scoped=True)
-            endpoint = args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL")
-            _aws_target(args.region, endpoint)
-            gone = delete(manifest, region=args.region, endpoint_url=endpoint)
-            log.info("%d of %d fragment(s) are gone", len(gone), manifest.count)
-            return 0
-        if args.command == "policy":
-            return policy_cmd.run(args, env, stdout, stderr)
-        if args.command == "sweep":
-            return sweep_cmd.run(args, env, stdout, stderr)
-        if args.command == "tag-instance":
-            return sweep_cmd.run_tag_instance(args, env, stdout, stderr)
-        if args.command == "inspect":
-            from sealboot.render import inspect
-
-            raw = _read(args.userdata, stdin, USERDATA_READ_MAX)
-            manifest = inspect(_gunzip_capped(raw, USERDATA_READ_MAX))
-            stdout.write(manifest.to_json() + "\n")
-            return 0
+        return _run(args, env, stdin, stdout, stderr)
     except SealbootError as exc:
+        if exc.outcome is None:
+            # Whatever fails before the command reached AWS has changed nothing there.
+            exc.outcome = UNTOUCHED.get(args.command)
         stderr.write(f"sealboot: error: {exc.message}\n  what to do: {exc.advice}\n")
         return exc.exit_code
-    raise AssertionError(f"unhandled command {args.command}")
+    finally:
+        log.debug("%s took %.0f ms", args.command, (time.monotonic() - started) * 1000)
+
+
+class _Formatter(logging.Formatter):
+    """``sealboot: message``; -v's extra lines say ``debug:`` so they stand apart."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno < logging.INFO:
+            return f"sealboot: debug: {text}"
+        return f"sealboot: {text}"
 
 
 def entrypoint() -> None:

@@ -149,6 +149,14 @@ def render_userdata(manifest: Manifest, handoff: str = "cloud-init") -> bytes:
     """
     raw = _mime(manifest, handoff).encode()
     packed = _fit(manifest, raw)
+    log.debug(
+        "rendered manifest %s (%d fragment(s), hand-off %s): %d bytes of %d EC2 allows",
+        manifest.manifest_id,
+        manifest.count,
+        handoff,
+        len(packed),
+        EC2_USERDATA_MAX,
+    )
     if packed is not raw:
         log.info(
             "user data is %d bytes as text; gzipped to %d bytes (cloud-init reads both)",

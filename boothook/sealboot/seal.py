@@ -14,15 +14,17 @@ import base64
 import datetime
 import logging
 import random
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, overload
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from sealboot.aws import Client, aws_client, error_code, wrap
-from sealboot.errors import InputError, SealbootError
+from sealboot.aws import Client, aws_client, error_code, request_id, wrap
+from sealboot.errors import NOTHING_CREATED, InputError, SealbootError
 from sealboot_agent import __version__
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
@@ -158,6 +160,30 @@ def _chunks(cfg: SealConfig, stream: bytes) -> list[bytes]:
     return split(text, size)
 
 
+# Per thread: did an attempt of the current call go out and get no answer? botocore retries
+# inside one call, so the exception a call ends with says nothing about the attempts before it:
+# a create that timed out (and may have happened) can be followed by a refused connection. Only
+# a request that never left this machine (no credentials, a refused connection) is certain not
+# to have created anything. Thread-local because one client may serve many threads.
+_attempts = threading.local()
+
+
+def _on_attempt(caught_exception: Any = None, **_: Any) -> None:
+    """botocore's needs-retry hook, called after every attempt of every call."""
+    if caught_exception is not None and not isinstance(caught_exception, BotoConnectionError):
+        _attempts.unanswered = True
+
+
+def _watch(client: Client) -> bool:
+    """Hook _on_attempt into *client* (once: the unique id makes it idempotent); False when
+    the client has no botocore events (a test fake)."""
+    events: Any = getattr(getattr(client, "meta", None), "events", None)
+    if not hasattr(events, "register"):
+        return False
+    events.register("needs-retry", _on_attempt, unique_id="sealboot-seal-attempts")
+    return True
+
+
 class _Creator:
     """Creates fragments one by one and remembers them, so a failure can undo its own work."""
 
@@ -173,7 +199,10 @@ class _Creator:
         self.clock = clock
         self.sleep = sleep
         self.created: list[str] = []
+        # Creates that failed without an answer: they may have happened server-side.
+        self.uncertain: list[str] = []
         self.end = clock() + cfg.deadline
+        self.watching = _watch(client)
 
     def create(
         self, name: str, data: bytes, tags: list[dict[str, str]], index: int, total: int
@@ -195,49 +224,128 @@ class _Creator:
                 kwargs["KmsKeyId"] = self.cfg.kms_key_id
         attempt = 0
         while True:
+            started = self.clock()
+            _attempts.unanswered = False
             try:
                 if ssm:
-                    self.client.put_parameter(**kwargs)
+                    resp = self.client.put_parameter(**kwargs)
                 else:
-                    self.client.create_secret(**kwargs)
+                    resp = self.client.create_secret(**kwargs)
                 self.created.append(name)
+                log.debug(
+                    "created fragment %d/%d %s (%d bytes) in %.0f ms, request id %s",
+                    index + 1,
+                    total,
+                    name,
+                    len(data),
+                    (self.clock() - started) * 1000,
+                    request_id(resp),
+                )
                 return
             except ClientError as exc:
                 if error_code(exc) not in ("ResourceExistsException", "ParameterAlreadyExists"):
+                    self._maybe_created(name, exc)
                     raise
                 # A timed-out create that did succeed, or a name being recreated: as CAPA does,
                 # force-delete and retry; the delete is asynchronous, so back off.
                 log.info("fragment %s already exists; force-deleting and retrying", name)
                 self._force_delete(name)
+            except BotoCoreError as exc:
+                self._maybe_created(name, exc)
+                raise
             delay = random.uniform(0, min(5.0, 0.25 * 2**attempt))  # noqa: S311 - jitter
             if self.clock() + delay > self.end:
                 raise SealbootError(
                     f"could not create {name} before the deadline: it keeps "
-                    "existing after force-delete"
+                    "existing after force-delete",
+                    hint="something else keeps creating this name; find it, then run again",
                 )
             self.sleep(delay)
             attempt += 1
 
-    def _force_delete(self, name: str) -> None:
+    def _maybe_created(self, name: str, exc: Exception) -> None:
+        """Remember *name* for the undo when its failed create may still have happened."""
+        if self.watching:
+            maybe = bool(getattr(_attempts, "unanswered", False))
+        else:  # a client without botocore's events: judge by the final exception alone
+            maybe = isinstance(exc, HTTPClientError)
+        if maybe:
+            log.debug("the create of %s may have happened server-side; checking in the undo", name)
+            self.uncertain.append(name)
+
+    def _force_delete(self, name: str) -> bool:
+        """Delete *name*; False when it did not exist."""
         try:
             if self.cfg.backend == BACKEND_SSM:
-                self.client.delete_parameter(Name=name)
+                resp = self.client.delete_parameter(Name=name)
             else:
-                self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+                resp = self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
         except ClientError as exc:
             if error_code(exc) not in ("ResourceNotFoundException", "ParameterNotFound"):
                 raise
+            return False
+        log.debug("deleted %s, request id %s", name, request_id(resp))
+        return True
 
-    def undo(self) -> list[str]:
-        """Delete what this run created; return the names that could not be deleted."""
-        left = []
-        for name in self.created:
+    def undo(self) -> Undone:
+        """Delete what this run created, or may have created."""
+        out = Undone()
+        for name in self.created + self.uncertain:
+            sure = name in self.created
             try:
-                self._force_delete(name)
+                existed = self._force_delete(name)
             except (ClientError, BotoCoreError) as exc:
                 log.error("could not remove fragment %s after a failed seal: %s", name, exc)
-                left.append(name)
-        return left
+                (out.left if sure else out.unknown).append(name)
+                continue
+            if existed or sure:
+                out.removed.append(name)
+        return out
+
+
+@dataclass
+class Undone:
+    """What undoing a failed seal achieved: fragments removed, left behind, or perhaps left."""
+
+    backend: str = BACKEND_SECRETS_MANAGER
+    removed: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # may exist: create and delete both failed
+
+    def outcome(self) -> str:
+        """What a failed seal left in AWS, and how to clean up without a manifest."""
+        if not (self.left or self.unknown):
+            if not self.removed:
+                return NOTHING_CREATED
+            return (
+                f"{len(self.removed)} fragment(s) were created and removed again; "
+                "nothing is left in AWS"
+            )
+        parts = []
+        if self.left:
+            parts.append(
+                f"{len(self.left)} fragment(s) were created and could NOT be removed, so they "
+                f"hold the sealed user data: {', '.join(self.left)}"
+            )
+        if self.unknown:
+            parts.append(
+                f"{len(self.unknown)} fragment(s) may have been created (AWS did not answer) "
+                f"and could not be checked: {', '.join(self.unknown)}"
+            )
+        if self.removed:
+            parts.append(f"{len(self.removed)} other(s) were removed")
+        if self.backend == BACKEND_SSM:
+            how = "aws ssm delete-parameter --name NAME"
+        else:
+            how = (
+                "aws secretsmanager delete-secret --force-delete-without-recovery --secret-id NAME"
+            )
+        parts.append(
+            "no manifest was written, so 'sealboot delete' cannot find them: delete each by "
+            f"name with '{how}' (same region and endpoint), or 'sealboot sweep' deletes them "
+            "once their sealboot.io/expires-at tag has passed"
+        )
+        return "; ".join(parts)
 
 
 def seal(
@@ -252,10 +360,77 @@ def seal(
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    check: Callable[[Manifest], None] | None = None,
+    commit: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
-    """Gzip, digest, split and store *userdata*; return the manifest (all or nothing)."""
+    """Gzip, digest, split and store *userdata*; return the manifest (all or nothing).
+
+    *check* runs once the manifest is known, before anything is created (render it there: a
+    manifest that cannot be rendered then costs nothing). *commit* runs once every fragment
+    exists (write the manifest there): if it fails, the fragments are removed again. Every
+    error's ``outcome`` says what was left in AWS.
+    """
+    started = clock()
+    try:
+        manifest, chunks, tags, client = _prepare(
+            userdata, namespace, cluster, machine, role, config, client, wall
+        )
+        if check is not None:
+            check(manifest)
+    except SealbootError as exc:
+        if exc.outcome is None:
+            exc.outcome = NOTHING_CREATED
+        raise
+    creator = _Creator(client, config, clock, sleep)
+    names = manifest.fragments
+    name = names[0]
+    try:
+        for i, (name, chunk) in enumerate(zip(names, chunks)):
+            creator.create(name, chunk, tags, i, len(chunks))
+        if commit is not None:
+            commit(manifest)
+    except (Exception, KeyboardInterrupt) as exc:
+        # Any failure, and Ctrl-C. Other BaseExceptions pass like a kill would (tests use one
+        # to stand for SIGKILL): sweep finds the fragments a kill leaves by their tags.
+        undone = creator.undo()
+        undone.backend = config.backend
+        if isinstance(exc, SealbootError):
+            err = exc
+        elif isinstance(exc, (ClientError, BotoCoreError)):
+            err = wrap(exc, f"creating {name}")
+        elif isinstance(exc, Exception):
+            err = SealbootError(f"unexpected {type(exc).__name__} while sealing: {exc}")
+        else:  # Ctrl-C: stop, but say what is left
+            log.error("interrupted: %s", undone.outcome())
+            raise
+        err.outcome = undone.outcome()
+        raise err from exc
+    log.info(
+        "sealed %d bytes (%d gzipped) into %d fragment(s)",
+        len(userdata),
+        manifest.size,
+        len(chunks),
+    )
+    log.debug("sealing took %.0f ms", (clock() - started) * 1000)
+    return manifest
+
+
+def _prepare(
+    userdata: bytes,
+    namespace: str,
+    cluster: str,
+    machine: str,
+    role: str,
+    config: SealConfig,
+    client: Client | None,
+    wall: Callable[[], float],
+) -> tuple[Manifest, list[bytes], list[dict[str, str]], Client]:
+    """Check everything and build the manifest, fragment values, tags and client; create
+    nothing."""
     if config.format not in (FORMAT_NATIVE, FORMAT_CAPA):
         raise InputError(f"unknown format {config.format!r}; use native or capa")
+    if not userdata:
+        raise InputError("the user data is empty (0 bytes): there is nothing to seal")
     if len(userdata) > MAX_USERDATA:
         raise InputError(
             f"user data is {len(userdata)} bytes; sealboot seals at most {MAX_USERDATA}"
@@ -280,6 +455,8 @@ def seal(
         raise InputError(f"unknown backend {config.backend!r}; use secrets-manager or ssm")
     if config.tier not in ("standard", "advanced"):
         raise InputError(f"unknown SSM tier {config.tier!r}; use standard or advanced")
+    if config.tier == "advanced" and config.backend != BACKEND_SSM:
+        raise InputError("the advanced tier is an SSM Parameter Store tier; it needs backend ssm")
     stream = gzip_deterministic(userdata)
     chunks = _chunks(config, stream)
     if len(chunks) > MAX_FRAGMENTS:
@@ -320,25 +497,15 @@ def seal(
         manifest.check_scope()
     except WireError as exc:
         raise InputError(str(exc)) from exc
-    creator = _Creator(client, config, clock, sleep)
-    try:
-        for i, (name, chunk) in enumerate(zip(names, chunks)):
-            creator.create(name, chunk, tags, i, len(chunks))
-    except (ClientError, BotoCoreError, SealbootError) as exc:
-        if isinstance(exc, BotoCoreError) and name not in creator.created:
-            # A create that timed out may still have happened server-side; delete is idempotent.
-            creator.created.append(name)
-        left = creator.undo()
-        err = exc if isinstance(exc, SealbootError) else wrap(exc, f"creating {name}")
-        if left:
-            err.message += (
-                f"; {len(left)} fragment(s) could not be removed and need "
-                f"'sealboot delete' or 'sweep': {', '.join(left)}"
-            )
-        else:
-            err.message += f"; removed the {len(creator.created)} fragment(s) this run created"
-        raise err from exc
-    log.info(
-        "sealed %d bytes (%d gzipped) into %d fragment(s)", len(userdata), len(stream), len(chunks)
+    log.debug(
+        "user data %d bytes, gzipped %d, sha256 %s; %d fragment(s) of at most %d bytes "
+        "(%s, %s format)",
+        len(userdata),
+        len(stream),
+        manifest.sha256,
+        len(chunks),
+        max(len(c) for c in chunks),
+        config.backend,
+        config.format,
     )
-    return manifest
+    return manifest, chunks, tags, client

@@ -10,17 +10,22 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 import zlib
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import NoCredentialsError, ReadTimeoutError
 
-from sealboot.errors import AccessDenied, AwsError, InputError, SealbootError
-from sealboot.seal import SealConfig, seal
+from sealboot.errors import NOTHING_CREATED, AccessDenied, AwsError, InputError, SealbootError
+from sealboot.seal import SealConfig, Undone, seal
 from sealboot_agent.assemble import assemble
 from sealboot_agent.wire import MANIFEST_MAX_BYTES, SECRETS_MANAGER_MAX_VALUE, Manifest
 from tests.unit.fakes import FakeClock, FakeSecrets, client_error
@@ -276,10 +281,10 @@ def test_failure_on_second_create_removes_the_first(
     assert deletes[0]["ForceDeleteWithoutRecovery"] is True
     assert fake.store == {}
     msg = err.message
-    assert "removed" in msg
     assert code in msg
     assert second in msg
     assert "req-42" in msg
+    assert err.outcome == "1 fragment(s) were created and removed again; nothing is left in AWS"
 
 
 def test_failure_on_third_create_removes_both_earlier_fragments() -> None:
@@ -291,7 +296,8 @@ def test_failure_on_third_create_removes_both_earlier_fragments() -> None:
     assert len(names) == 3
     assert sorted(d["SecretId"] for d in fake.ops("delete_secret")) == sorted(names[:2])
     assert fake.store == {}
-    assert "removed the 2 fragment(s)" in info.value.message
+    assert info.value.outcome is not None
+    assert info.value.outcome.startswith("2 fragment(s) were created and removed again")
 
 
 def test_failed_undo_names_the_fragment_left_behind() -> None:
@@ -310,9 +316,13 @@ def test_failed_undo_names_the_fragment_left_behind() -> None:
         do_seal(os.urandom(150 * 1024), fake)
     (left,) = fake.store
     assert [d["SecretId"] for d in fake.ops("delete_secret")] == [left]
-    assert left in info.value.message
-    assert "could not be removed" in info.value.message
     assert "ThrottlingException" in info.value.message
+    advice = info.value.advice
+    assert left in advice
+    assert "could NOT be removed" in advice
+    # No manifest exists, so the way out must not need one.
+    assert "'sealboot delete' cannot find them" in advice
+    assert "aws secretsmanager delete-secret --force-delete-without-recovery" in advice
 
 
 def test_resource_exists_is_force_deleted_and_retried_without_real_sleep() -> None:
@@ -345,7 +355,8 @@ def test_resource_that_keeps_existing_gives_up_at_the_deadline() -> None:
     # The fragment this run did create was removed again.
     first = fake.ops("create_secret")[0]["Name"]
     assert first not in fake.store
-    assert "removed the 1 fragment(s)" in info.value.message
+    assert info.value.outcome is not None
+    assert info.value.outcome.startswith("1 fragment(s) were created and removed again")
 
 
 def test_non_exists_error_on_force_delete_is_reported() -> None:
@@ -539,3 +550,247 @@ def test_inspect_refuses_a_gzip_bomb(tmp_path: Path) -> None:
     res = _limited(["inspect", str(bomb)], 600 << 20)
     assert res.returncode == 2, res.stderr
     assert "once gunzipped" in res.stderr
+
+
+# --- issue #13: what a failed seal says it left behind ----------------------------------------
+
+
+def test_a_create_that_never_left_this_machine_created_nothing() -> None:
+    fake = FakeSecrets()
+    fake.create_script = [NoCredentialsError()]
+    with pytest.raises(AwsError) as info:
+        do_seal(b"#cloud-config\n", fake)
+    assert fake.ops("delete_secret") == [], "nothing to undo: no request went out"
+    assert info.value.outcome == NOTHING_CREATED
+    assert "removed" not in info.value.advice
+    assert "sealboot delete" not in info.value.advice
+
+
+@pytest.mark.parametrize("happened", [True, False])
+def test_a_create_that_timed_out_is_checked_by_the_undo(happened: bool) -> None:
+    fake = FakeSecrets()
+    real_create = fake.create_secret
+
+    def create_then_time_out(**kwargs: Any) -> dict[str, Any]:
+        if happened:
+            real_create(**kwargs)
+        else:
+            fake.calls.append(("create_secret", kwargs))
+        raise ReadTimeoutError(endpoint_url="https://secretsmanager.example")
+
+    fake.create_secret = create_then_time_out  # type: ignore[method-assign]
+    with pytest.raises(AwsError) as info:
+        do_seal(b"#cloud-config\n", fake)
+    assert len(fake.ops("delete_secret")) == 1
+    assert fake.store == {}
+    if happened:
+        assert info.value.outcome == (
+            "1 fragment(s) were created and removed again; nothing is left in AWS"
+        )
+    else:
+        assert info.value.outcome == NOTHING_CREATED
+
+
+def _closes_then_refuses() -> str:
+    """An endpoint that reads one request, answers nothing and is gone after that."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        listener.close()  # before the client sees the close: its retry is refused
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_a_retry_refused_after_an_unanswered_attempt_may_still_have_created() -> None:
+    # botocore retries inside the call: it ends with "connection refused", but the attempt
+    # before it reached the endpoint and got no answer, so the fragment may exist.
+    client = boto3.session.Session().client(
+        "secretsmanager",
+        region_name="eu-west-1",
+        endpoint_url=_closes_then_refuses(),
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=2
+        ),
+    )
+    with pytest.raises(AwsError) as info:
+        seal(b"#cloud-config\n", namespace="n", cluster="c", machine="m", config=CFG, client=client)
+    assert "Could not connect" in info.value.message
+    advice = info.value.advice
+    assert "may have been created" in advice
+    assert "aws secretsmanager delete-secret" in advice
+
+
+def test_a_refused_connection_on_every_attempt_created_nothing() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    client = boto3.session.Session().client(
+        "secretsmanager",
+        region_name="eu-west-1",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2),
+    )
+    with pytest.raises(AwsError) as info:
+        seal(b"#cloud-config\n", namespace="n", cluster="c", machine="m", config=CFG, client=client)
+    assert info.value.outcome == NOTHING_CREATED
+
+
+def test_ssm_fragments_left_behind_name_the_ssm_command() -> None:
+    undone = Undone(backend="ssm", removed=["/a/0"], left=["/a/1"])
+    text = undone.outcome()
+    assert "/a/1" in text
+    assert "aws ssm delete-parameter --name NAME" in text
+    assert "1 other(s) were removed" in text
+
+
+def test_empty_user_data_is_refused_before_any_call() -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="empty") as info:
+        do_seal(b"", fake)
+    assert info.value.exit_code == 2
+    assert info.value.outcome == NOTHING_CREATED
+    assert fake.calls == []
+
+
+def test_advanced_tier_needs_the_ssm_backend() -> None:
+    fake = FakeSecrets()
+    with pytest.raises(InputError, match="ssm"):
+        do_seal(b"x", fake, SealConfig(region="eu-west-1", tier="advanced"))
+    assert fake.calls == []
+
+
+def test_a_failed_check_creates_nothing() -> None:
+    fake = FakeSecrets()
+
+    def check(manifest: Manifest) -> None:
+        raise InputError("too large to render")
+
+    with pytest.raises(InputError) as info:
+        seal(b"x", namespace="n", cluster="c", machine="m", config=CFG, client=fake, check=check)
+    assert fake.calls == []
+    assert info.value.outcome == NOTHING_CREATED
+
+
+@pytest.mark.parametrize("failure", [InputError("cannot write out"), OSError("disk"), KeyError()])
+def test_a_failed_commit_removes_every_fragment_again(failure: Exception) -> None:
+    fake = FakeSecrets()
+
+    def commit(manifest: Manifest) -> None:
+        assert set(manifest.fragments) == set(fake.store)
+        raise failure
+
+    with pytest.raises(SealbootError) as info:
+        seal(
+            os.urandom(150 * 1024),
+            namespace="n",
+            cluster="c",
+            machine="m",
+            config=CFG,
+            client=fake,
+            commit=commit,
+        )
+    assert fake.store == {}
+    assert info.value.outcome == (
+        "3 fragment(s) were created and removed again; nothing is left in AWS"
+    )
+
+
+def test_an_interrupt_after_creating_still_removes_the_fragments() -> None:
+    fake = FakeSecrets()
+
+    def commit(manifest: Manifest) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        seal(b"x", namespace="n", cluster="c", machine="m", config=CFG, client=fake, commit=commit)
+    assert fake.store == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    # a manifest that is not one, user data sealboot did not render, an output nowhere
+    [(["render"], "ud"), (["inspect"], "ud"), (["render", "-o", "nodir/x"], "m.json")],
+)
+def test_render_and_inspect_errors_mention_no_creating(
+    argv: list[str], path: str, tmp_path: Path
+) -> None:
+    (tmp_path / "m.json").write_text(sealed_json())
+    (tmp_path / "ud").write_text("#cloud-config\n")
+    argv = [*argv, str(tmp_path / path)]
+    argv = [a if a != "nodir/x" else str(tmp_path / a) for a in argv]
+    code, _, err = toolkit(argv)
+    assert code == 2, err
+    assert "what to do: fix the input and run again\n" in err
+    assert "creat" not in err
+    assert "removed" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--tier", "advanced"],
+        ["--tier", "standard"],
+        ["--tier", "advanced", "--backend", "secrets-manager"],
+    ],
+)
+def test_seal_refuses_a_tier_without_the_ssm_backend(argv: list[str], tmp_path: Path) -> None:
+    src = tmp_path / "ud"
+    src.write_bytes(b"#cloud-config\n")
+    base = ["seal", "--namespace", "n", "--cluster", "c", "--machine", "m", "--region", "eu-west-1"]
+    code, out, err = toolkit([*base, *argv, str(src)])
+    assert code == 2
+    assert "--backend ssm" in err
+    assert "nothing was created" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("insecure", [[], ["--insecure-skip-secrets-manager"]])
+def test_seal_refuses_empty_user_data(insecure: list[str], tmp_path: Path) -> None:
+    src = tmp_path / "empty"
+    src.write_bytes(b"")
+    base = ["seal", "--namespace", "n", "--cluster", "c", "--machine", "m", "--region", "eu-west-1"]
+    code, out, err = toolkit([*base, *insecure, str(src)])
+    assert code == 2
+    assert f"{src} is empty" in err
+    assert "nothing was created" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "render", "M"],
+        ["render", "-v", "M"],
+        ["render", "M", "--verbose"],
+        ["-v", "policy", "--role", "node", "-v"],
+        ["sweep", "-v", "--region", "eu-west-1"],
+    ],
+)
+def test_verbose_is_taken_before_and_after_every_command(argv: list[str]) -> None:
+    from sealboot.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.verbose + getattr(args, "sub_verbose", 0) == argv.count("-v") + argv.count(
+        "--verbose"
+    )
+
+
+def test_verbose_adds_debug_lines_to_render(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(sealed_json())
+    quiet = toolkit(["render", str(path)])
+    loud = toolkit(["render", str(path), "-v"])
+    assert quiet[0] == loud[0] == 0
+    assert quiet[1] == loud[1], "-v changes stderr only"
+    assert "debug:" not in quiet[2]
+    assert "sealboot: debug: rendered manifest" in loud[2]
+    assert len(loud[2].splitlines()) > len(quiet[2].splitlines())
