@@ -34,7 +34,7 @@ from botocore.config import Config  # noqa: E402
 from tests.stack.imds import Identity, ImdsEmulator, role_credentials  # noqa: E402
 from tests.stack.local import LocalStack  # noqa: E402
 
-# The account's real default quotas (transactions per second), per the AWS facts in DESIGN.md.
+# The account's real default quotas (transactions per second), per the AWS facts in docs/DESIGN.md.
 REAL_QUOTAS: dict[str, float] = {
     "CreateSecret": 50.0,
     "DeleteSecret": 50.0,

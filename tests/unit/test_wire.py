@@ -29,7 +29,7 @@ from sealboot_agent.wire import (
     split,
 )
 
-# DESIGN.md: "only A-Za-z0-9/_+=.@-".
+# docs/DESIGN.md: names are "A-Za-z0-9/_+=.@-" only.
 ALLOWED = set(string.ascii_letters + string.digits + "/_+=.@-")
 ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 SHA = hashlib.sha256(b"payload").hexdigest()
