@@ -7,11 +7,9 @@ import hashlib
 import io
 import json
 import logging
-import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,20 +30,8 @@ MANIFEST = Manifest(
 )
 MJSON = MANIFEST.to_json()
 
-
-@pytest.fixture(autouse=True)
-def restore_process_state() -> Iterator[None]:
-    """main() sets the umask and configure_logging() installs handlers; undo both."""
-    old = os.umask(0o022)
-    os.umask(old)
-    logger = logging.getLogger("sealboot_agent")
-    try:
-        yield
-    finally:
-        os.umask(old)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
+# main() changes the umask and log handlers of the test process; undo both.
+pytestmark = pytest.mark.usefixtures("restore_process_state")
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -391,21 +389,6 @@ MANIFEST = Manifest(
     sha256=hashlib.sha256(b"s").hexdigest(),
     labels={"namespace": "ns", "cluster": "c1", "machine": "m1"},
 )
-
-
-@pytest.fixture
-def restore_process_state() -> Iterator[None]:
-    """main() sets the umask and installs log handlers; undo both."""
-    old = os.umask(0o022)
-    os.umask(old)
-    logger = logging.getLogger("sealboot_agent")
-    try:
-        yield
-    finally:
-        os.umask(old)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
 
 
 _VALID = creds()
