@@ -125,7 +125,7 @@ class Exhausted(Exception):
 
     def describe(self) -> str:
         if isinstance(self.cause, (DeadlinePassed, NotStarted)):
-            return f"{self.cause}; {self.attempts} attempt(s) made"
+            return f"{self.cause}; gave up after {self.attempts} attempt(s)"
         if isinstance(self.cause, ClientError):
             code, message, rid = client_error(self.cause)
             what = f"{code}: {message}" + (f" (request id {rid})" if rid else "")

@@ -118,7 +118,8 @@ def test_a_call_the_watchdog_cut_counts_as_exhausted(clock: FakeClock) -> None:
         with_retries(call, policy(clock), "GetSecretValue x")
     assert call.count == 1
     assert info.value.describe() == (
-        "the 3s deadline ran out while waiting for AWS (GetSecretValue x); 1 attempt(s) made"
+        "the 3s deadline ran out while waiting for AWS (GetSecretValue x); "
+        "gave up after 1 attempt(s)"
     )
 
 
