@@ -107,7 +107,12 @@ class Cli:
                 )
             except subprocess.TimeoutExpired:
                 # A trickling endpoint must not hold the boot past the deadline.
-                raise Failed(SERVICE, f"{what}: no answer before the deadline", ADVICE) from None
+                raise Failed(
+                    SERVICE,
+                    f"{what}: gave up after {attempt + 1} attempt(s): "
+                    "no answer before the deadline",
+                    ADVICE,
+                ) from None
             if res.returncode == 0:
                 return res.stdout.decode("ascii", "replace")
             err = userdata.shown(res.stderr.strip(), 300)
