@@ -13,8 +13,6 @@ import contextlib
 import logging
 import os
 import platform
-import secrets
-import stat
 import sys
 import time
 import zlib
@@ -22,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from sealboot import policy as policy_cmd
-from sealboot import sweep as sweep_cmd
+from sealboot import sweep_cli, tag_instance
 from sealboot.errors import (
     EXIT_CODES,
     NOTHING_CREATED,
@@ -31,11 +29,11 @@ from sealboot.errors import (
     SealbootError,
     TooLarge,
 )
+from sealboot.files import check_outputs, read_input, read_manifest, write_all, write_output
 from sealboot_agent import __version__
 from sealboot_agent.wire import (
     BACKENDS,
     FORMATS,
-    MANIFEST_MAX_BYTES,
     REGION_RE,
     Manifest,
     WireError,
@@ -50,7 +48,6 @@ USERDATA_READ_MAX = 1 << 20
 # What a command that fails before touching AWS has left there, for its "what to do" line.
 UNTOUCHED = {"seal": NOTHING_CREATED, "delete": NOTHING_DELETED}
 VERBOSE_HELP = "more detail on stderr: region, endpoint, names, sizes, timings, request ids"
-WRITE_HINT = "check that the output path is writable and its disk has room, then run again"
 
 
 def _epilog() -> str:
@@ -165,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_aws(delete)
 
     policy_cmd.add_parser(sub)
-    sweep_cmd.add_parser(sub)
-    sweep_cmd.add_tag_instance_parser(sub)
+    sweep_cli.add_parser(sub)
+    tag_instance.add_parser(sub)
 
     inspect = sub.add_parser("inspect", help="print the manifest carried by rendered user data")
     inspect.add_argument(
@@ -184,140 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
             help=VERBOSE_HELP,
         )
     return parser
-
-
-def _read(path: str, stdin: TextIO, limit: int) -> bytes:
-    """The bytes of *path* (stdin for ``-``); InputError past *limit* (it may be /dev/zero)."""
-    try:
-        if path == "-":
-            if hasattr(stdin, "buffer"):
-                data: bytes = stdin.buffer.read(limit + 1)
-            else:
-                data = stdin.read(limit + 1).encode()
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise InputError(f"{path} is over {limit} bytes, the most this command reads")
-    return data
-
-
-def _to_stdout(path: str | None) -> bool:
-    return path is None or path == "-"
-
-
-def _in_place(path: str) -> bool:
-    """True for an existing device or pipe (``/dev/stdout``, ``/dev/null``): written as it is,
-    since there is nothing to rename over."""
-    try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def _check_output(path: str | None, flag: str) -> None:
-    """Refuse an output that cannot be written, before anything is created."""
-    if path is None or path == "-":
-        return
-    try:
-        if _in_place(path):
-            if os.path.isdir(path):
-                raise InputError(f"{flag} {path} is a directory; name a file in it")
-            if not os.access(path, os.W_OK):
-                raise InputError(f"{flag} {path} is not writable")
-            return
-    except OSError as exc:  # a parent that is a file, a directory we may not search
-        raise InputError(f"{flag} {path}: {exc.strerror}") from exc
-    real = os.path.realpath(path)
-    parent = os.path.dirname(real)
-    if not os.path.isdir(parent):
-        raise InputError(f"{flag} {path}: the directory {parent} does not exist")
-    # A file is written next to its place and renamed over it: the directory must be writable.
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {path}: cannot create files in {parent} (permission denied)")
-
-
-def _check_outputs(outputs: Sequence[tuple[str | None, str]]) -> None:
-    """Refuse outputs that cannot be written, or that would land on the same place."""
-    for path, flag in outputs:
-        _check_output(path, flag)
-    places = [("stdout" if _to_stdout(p) else os.path.realpath(str(p)), f) for p, f in outputs]
-    for i, (place, flag) in enumerate(places):
-        for other, other_flag in places[i + 1 :]:
-            if place == other:
-                where = "standard output" if place == "stdout" else place
-                raise InputError(f"{flag} and {other_flag} would both write to {where}")
-
-
-def _write_all(outputs: Sequence[tuple[str | None, bytes]], stdout: TextIO) -> None:
-    """Write every output or none: files through a temporary file renamed into place once all
-    are written, devices and pipes in place, standard output last (it cannot be taken back)."""
-    staged: list[tuple[str, str]] = []
-    placed: list[str] = []
-    current = ""
-    try:
-        for path, data in outputs:
-            if path is None or path == "-":
-                continue
-            current = path
-            if _in_place(path):
-                with open(path, "wb") as fh:
-                    fh.write(data)
-                continue
-            real = os.path.realpath(path)
-            tmp = os.path.join(
-                os.path.dirname(real), f".{os.path.basename(real)}.{secrets.token_hex(4)}.tmp"
-            )
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            staged.append((tmp, real))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, real in staged:
-            current = real
-            os.replace(tmp, real)
-            placed.append(real)
-        current = "standard output"
-        for path, data in outputs:
-            if _to_stdout(path):
-                stdout.flush()
-                if hasattr(stdout, "buffer"):
-                    stdout.buffer.write(data)
-                    stdout.buffer.flush()
-                else:
-                    stdout.write(data.decode("utf-8", "replace"))
-                    stdout.flush()
-    except BaseException as exc:
-        # Nothing half-written stays: the caller undoes its own work (sealed fragments) too.
-        for tmp, real in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(real if real in placed else tmp)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {current}: {exc.strerror}", hint=WRITE_HINT) from exc
-        raise
-    for path, data in outputs:
-        log.debug("wrote %d bytes to %s", len(data), "stdout" if _to_stdout(path) else path)
-
-
-def _write(path: str | None, data: str | bytes, stdout: TextIO) -> None:
-    _write_all([(path, data.encode() if isinstance(data, str) else data)], stdout)
-
-
-def _manifest(path: str, stdin: TextIO, *, scoped: bool = False) -> Manifest:
-    """The manifest in *path*; *scoped*: also check that its fragments are its own (before a
-    delete, as the agent checks before its fetch and delete)."""
-    try:
-        manifest = Manifest.from_json(
-            _read(path, stdin, MANIFEST_MAX_BYTES).decode("utf-8", "replace")
-        )
-        if scoped:
-            manifest.check_scope()
-    except WireError as exc:
-        raise InputError(f"{path}: {exc}") from exc
-    return manifest
 
 
 def _aws_target(region: str | None, endpoint: str | None) -> None:
@@ -369,8 +232,8 @@ def _cmd_seal(
     outputs: list[tuple[str | None, str]] = [(args.output, "-o/--output")]
     if args.manifest_out is not None:  # None: no manifest file (-o None: standard output)
         outputs.insert(0, (args.manifest_out, "--manifest-out"))
-    _check_outputs(outputs)
-    data = _read(args.userdata, stdin, MAX_USERDATA)
+    check_outputs(outputs)
+    data = read_input(args.userdata, stdin, MAX_USERDATA)
     where = "standard input" if args.userdata == "-" else args.userdata
     if not data:
         raise InputError(
@@ -389,7 +252,7 @@ def _cmd_seal(
                 f"user data is {len(data)} bytes; EC2 accepts at most "
                 f"{EC2_USERDATA_MAX} (sealing has no such limit)"
             )
-        _write(args.output, data, stdout)
+        write_output(args.output, data, stdout)
         return 0
     cfg = SealConfig(
         region=args.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
@@ -424,7 +287,7 @@ def _cmd_seal(
         if args.manifest_out is not None:
             written.append((args.manifest_out, (manifest.to_json() + "\n").encode()))
         written.append((args.output, rendered[0]))
-        _write_all(written, stdout)
+        write_all(written, stdout)
 
     manifest = seal(
         data,
@@ -453,14 +316,14 @@ def _run(
     if args.command == "render":
         from sealboot.render import render_userdata
 
-        _check_outputs([(args.output, "-o/--output")])
-        manifest = _manifest(args.manifest, stdin)
-        _write(args.output, render_userdata(manifest, args.handoff), stdout)
+        check_outputs([(args.output, "-o/--output")])
+        manifest = read_manifest(args.manifest, stdin)
+        write_output(args.output, render_userdata(manifest, args.handoff), stdout)
         return 0
     if args.command == "delete":
         from sealboot.delete import delete
 
-        manifest = _manifest(args.manifest, stdin, scoped=True)
+        manifest = read_manifest(args.manifest, stdin, scoped=True)
         endpoint = args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL")
         _aws_target(args.region, endpoint)
         log.debug(
@@ -475,13 +338,13 @@ def _run(
     if args.command == "policy":
         return policy_cmd.run(args, env, stdout, stderr)
     if args.command == "sweep":
-        return sweep_cmd.run(args, env, stdout, stderr)
+        return sweep_cli.run(args, env, stdout, stderr)
     if args.command == "tag-instance":
-        return sweep_cmd.run_tag_instance(args, env, stdout, stderr)
+        return tag_instance.run(args, env, stdin, stdout)
     if args.command == "inspect":
         from sealboot.render import inspect
 
-        raw = _read(args.userdata, stdin, USERDATA_READ_MAX)
+        raw = read_input(args.userdata, stdin, USERDATA_READ_MAX)
         manifest = inspect(_gunzip_capped(raw, USERDATA_READ_MAX))
         log.debug(
             "%d bytes of user data carry manifest %s (%d fragment(s))",

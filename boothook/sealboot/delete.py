@@ -1,4 +1,5 @@
-"""Delete a machine's fragments (idempotent), e.g. once its node has joined.
+"""Delete fragments (idempotent): a machine's, once its node has joined, and sweep's and a
+failed seal's, through the one deletion here.
 
 Example::
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -19,6 +22,75 @@ from sealboot.errors import NOTHING_DELETED, SealbootError
 from sealboot_agent.wire import BACKEND_SSM, SSM_BATCH_MAX, Manifest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deletion:
+    """What one pass over some fragments did: each name is in exactly one of the three."""
+
+    deleted: list[str] = field(default_factory=list)
+    already_gone: list[str] = field(default_factory=list)
+    failed: dict[str, SealbootError] = field(default_factory=dict)
+
+    @property
+    def gone(self) -> list[str]:
+        return self.deleted + self.already_gone
+
+
+def delete_fragments(
+    backend: str,
+    client: Client,
+    names: Sequence[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Deletion:
+    """Delete every name (force, no recovery window) and record how each went; never raises
+    for an AWS failure, so one denied or throttled name does not keep the others.
+
+    Example::
+
+        >>> delete_fragments("secrets-manager", client, ["aws.cluster.x-k8s.io/u-0"]).gone
+        ['aws.cluster.x-k8s.io/u-0']
+    """
+    out = Deletion()
+    step = SSM_BATCH_MAX if backend == BACKEND_SSM else 1
+    for start in range(0, len(names), step):
+        batch = list(names[start : start + step])
+        started = time.monotonic()
+        try:
+            if backend == BACKEND_SSM:
+                resp = client.delete_parameters(Names=batch)
+                done = set(resp.get("DeletedParameters", []))
+                absent = set(resp.get("InvalidParameters", []))
+            else:
+                resp = client.delete_secret(SecretId=batch[0], ForceDeleteWithoutRecovery=True)
+                done, absent = set(batch), set()
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                resp, done, absent = {}, set(), set(batch)
+            else:
+                out.failed.update(dict.fromkeys(batch, wrap(exc, f"deleting {batch[0]}")))
+                resp, done, absent = {}, set(), set()
+        except BotoCoreError as exc:
+            out.failed.update(dict.fromkeys(batch, wrap(exc, f"deleting {batch[0]}")))
+            resp, done, absent = {}, set(), set()
+        for name in batch:
+            if name in done:
+                out.deleted.append(name)
+            elif name in absent:
+                out.already_gone.append(name)
+            elif name not in out.failed:
+                out.failed[name] = SealbootError(f"deleting {name}: AWS did not report it")
+        log.debug(
+            "deleted %d of %d name(s) in %.0f ms, request id %s",
+            len(done),
+            len(batch),
+            (time.monotonic() - started) * 1000,
+            request_id(resp),
+        )
+        if progress is not None:
+            progress(len(batch))
+    return out
 
 
 def delete(
@@ -32,11 +104,10 @@ def delete(
 
     On failure the error's ``outcome`` says which fragments are gone and which are left.
     """
-    ssm = manifest.backend == BACKEND_SSM
     if client is None:
         try:
             client = aws_client(
-                "ssm" if ssm else "secretsmanager",
+                "ssm" if manifest.backend == BACKEND_SSM else "secretsmanager",
                 region=region or manifest.region,
                 endpoint_url=endpoint_url or manifest.endpoint_url,
                 use_fips=manifest.use_fips,
@@ -44,16 +115,17 @@ def delete(
         except SealbootError as exc:
             exc.outcome = NOTHING_DELETED
             raise
-    gone: list[str] = []
-    try:
-        if ssm:
-            _delete_parameters(client, list(manifest.fragments), gone)
-        else:
-            _delete_secrets(client, manifest.fragments, gone)
-    except SealbootError as exc:
-        exc.outcome = _outcome(manifest.fragments, gone)
-        raise
-    return gone
+    result = delete_fragments(manifest.backend, client, manifest.fragments)
+    for name in result.deleted:
+        log.info("%s: deleted", name)
+    for name in result.already_gone:
+        log.info("%s: already gone", name)
+    if result.failed:
+        err = next(iter(result.failed.values()))
+        err.outcome = _outcome(manifest.fragments, result.gone)
+        raise err
+    gone = set(result.gone)
+    return [n for n in manifest.fragments if n in gone]
 
 
 def _outcome(names: Sequence[str], gone: list[str]) -> str:
@@ -66,47 +138,3 @@ def _outcome(names: Sequence[str], gone: list[str]) -> str:
     # The manifest still names them all; a few are enough to recognise.
     shown = ", ".join(left[:3]) + (f", and {len(left) - 3} more" if len(left) > 3 else "")
     return f"{head} ({shown}); run the same 'sealboot delete' again once fixed"
-
-
-def _delete_secrets(client: Client, names: Sequence[str], gone: list[str]) -> None:
-    for name in names:
-        started = time.monotonic()
-        try:
-            resp = client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                log.info("%s: already gone", name)
-                gone.append(name)
-                continue
-            raise wrap(exc, f"deleting {name}") from exc
-        except BotoCoreError as exc:
-            raise wrap(exc, f"deleting {name}") from exc
-        log.info("%s: deleted", name)
-        log.debug(
-            "deleted %s in %.0f ms, request id %s",
-            name,
-            (time.monotonic() - started) * 1000,
-            request_id(resp),
-        )
-        gone.append(name)
-
-
-def _delete_parameters(client: Client, names: list[str], gone: list[str]) -> None:
-    for start in range(0, len(names), SSM_BATCH_MAX):
-        batch = names[start : start + SSM_BATCH_MAX]
-        started = time.monotonic()
-        try:
-            resp = client.delete_parameters(Names=batch)
-        except (ClientError, BotoCoreError) as exc:
-            raise wrap(exc, f"deleting {batch[0]}..") from exc
-        log.debug(
-            "DeleteParameters of %d name(s) in %.0f ms, request id %s",
-            len(batch),
-            (time.monotonic() - started) * 1000,
-            request_id(resp),
-        )
-        for name in resp.get("DeletedParameters", []):
-            log.info("%s: deleted", name)
-        for name in resp.get("InvalidParameters", []):
-            log.info("%s: already gone", name)
-        gone.extend(resp.get("DeletedParameters", []) + resp.get("InvalidParameters", []))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sealboot.errors import InputError
-from sealboot.seal import EXPIRY_TAG, component
+from sealboot.names import EXPIRY_TAG, component
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,

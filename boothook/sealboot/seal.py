@@ -16,23 +16,21 @@ import logging
 import random
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, overload
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sealboot.aws import Client, aws_client, error_code, request_id, wrap
 from sealboot.errors import NOTHING_CREATED, InputError, SealbootError
+from sealboot.names import CLUSTER_TAG, TAG_KEY_MAX, component, fragment_names, fragment_tags
 from sealboot_agent import __version__
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
     CAPA_FRAGMENT_SIZE,
     CAPA_SSM_FRAGMENT_SIZE,
-    DEFAULT_ROOT,
-    DEFAULT_SSM_ROOT,
     FORMAT_CAPA,
     FORMAT_NATIVE,
     MAX_FRAGMENTS,
@@ -44,25 +42,14 @@ from sealboot_agent.wire import (
     WireError,
     check_endpoint_url,
     gzip_deterministic,
-    name_component,
-    native_fragment_names,
-    random_token,
     sha256_hex,
     split,
-    ssm_fragment_names,
 )
 
 log = logging.getLogger(__name__)
 
-CLUSTER_TAG = "sigs.k8s.io/cluster-api-provider-aws/cluster/{cluster}"
-ROLE_TAG = "sigs.k8s.io/cluster-api-provider-aws/role"
-EXPIRY_TAG = "sealboot.io/expires-at"
-NAMESPACE_TAG = "sealboot.io/namespace"
-FORMAT_TAG = "sealboot.io/format"
 DEFAULT_TTL = 24 * 3600
 MAX_USERDATA = 64 * 1024 * 1024
-_TAG_KEY_MAX = 128
-_RESERVED_TAG_PREFIXES = ("aws:", "sealboot.io/", "sigs.k8s.io/cluster-api-provider-aws/")
 
 
 @dataclass(frozen=True)
@@ -85,66 +72,6 @@ class SealConfig:
     backend: str = BACKEND_SECRETS_MANAGER
     tier: str = "standard"  # ssm only: standard (4 KB values) or advanced (8 KB)
     use_fips: bool = False
-
-
-@overload
-def component(kind: str, value: str) -> str: ...
-@overload
-def component(kind: str, value: None) -> None: ...
-def component(kind: str, value: str | None) -> str | None:
-    """A namespace, cluster, machine or role name as the wire contract writes it (None stays
-    None); a name it refuses is the caller's InputError.
-
-    Example::
-
-        >>> component("cluster", "prod-eu")
-        'prod-eu'
-    """
-    if value is None:
-        return None
-    try:
-        return name_component(kind, value)
-    except WireError as exc:
-        raise InputError(str(exc)) from exc
-
-
-def _tags(
-    cluster: str, machine: str, namespace: str, role: str, cfg: SealConfig, now: float
-) -> list[dict[str, str]]:
-    expires = datetime.datetime.fromtimestamp(now + cfg.ttl_seconds, tz=datetime.timezone.utc)
-    tags = {
-        CLUSTER_TAG.format(cluster=cluster): "owned",
-        ROLE_TAG: role,
-        "Name": machine,
-        NAMESPACE_TAG: namespace,
-        FORMAT_TAG: cfg.format,
-        EXPIRY_TAG: expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    for key, value in cfg.tags:
-        if key.startswith(_RESERVED_TAG_PREFIXES) or key == "Name":
-            raise InputError(f"tag {key!r} is set by sealboot itself and cannot be overridden")
-        tags[key] = value
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-def _names(cfg: SealConfig, namespace: str, cluster: str, machine: str, count: int) -> list[str]:
-    ssm = cfg.backend == BACKEND_SSM
-    try:
-        if cfg.format == FORMAT_CAPA:
-            # Exactly what a stock CAPA controller writes, so either side can read the other.
-            if ssm:
-                return [f"{DEFAULT_SSM_ROOT}/{uuid.uuid4()}/{i}" for i in range(count)]
-            prefix = f"{DEFAULT_ROOT}/{uuid.uuid4()}"
-            return [f"{prefix}-{i}" for i in range(count)]
-        if ssm:
-            return ssm_fragment_names(
-                cfg.root or DEFAULT_SSM_ROOT, namespace, cluster, machine, count, random_token()
-            )
-        return native_fragment_names(
-            cfg.root or DEFAULT_ROOT, namespace, cluster, machine, count, random_token()
-        )
-    except WireError as exc:
-        raise InputError(str(exc)) from exc
 
 
 def _chunks(cfg: SealConfig, stream: bytes) -> list[bytes]:
@@ -446,10 +373,10 @@ def _prepare(
         raise InputError("the expiry must be between 1 minute and 30 days")
     namespace, cluster = component("namespace", namespace), component("cluster", cluster)
     machine, role = component("machine", machine), component("role", role)
-    if len(CLUSTER_TAG.format(cluster=cluster)) > _TAG_KEY_MAX:
+    if len(CLUSTER_TAG.format(cluster=cluster)) > TAG_KEY_MAX:
         raise InputError(
             f"cluster name {cluster!r} is too long for the CAPA cluster tag "
-            f"(at most {_TAG_KEY_MAX - len(CLUSTER_TAG.format(cluster=''))} chars)"
+            f"(at most {TAG_KEY_MAX - len(CLUSTER_TAG.format(cluster=''))} chars)"
         )
     if config.backend not in (BACKEND_SECRETS_MANAGER, BACKEND_SSM):
         raise InputError(f"unknown backend {config.backend!r}; use secrets-manager or ssm")
@@ -463,8 +390,19 @@ def _prepare(
         raise InputError(
             f"user data needs {len(chunks)} fragments; a manifest names at most {MAX_FRAGMENTS}"
         )
-    names = _names(config, namespace, cluster, machine, len(chunks))
-    tags = _tags(cluster, machine, namespace, role, config, wall())
+    names = fragment_names(
+        config.backend, config.format, config.root, namespace, cluster, machine, len(chunks)
+    )
+    expires = datetime.datetime.fromtimestamp(wall() + config.ttl_seconds, datetime.timezone.utc)
+    tags = fragment_tags(
+        cluster=cluster,
+        machine=machine,
+        namespace=namespace,
+        role=role,
+        fmt=config.format,
+        expires=expires,
+        extra=config.tags,
+    )
     if client is None:
         client = aws_client(
             "ssm" if config.backend == BACKEND_SSM else "secretsmanager",
