@@ -155,7 +155,7 @@ def run_storm(
     def agent(i: int) -> None:
         go.wait()
         try:
-            state = run_fetch(configs[i], Deps(clock=dilation.clock, sleep=dilation.sleep))
+            state = run_fetch(configs[i], Deps(clock=dilation.clock, sleep=dilation.sleep)).state
         except AgentError as exc:
             outcome[i] = f"{configs[i].cloud_init_instance_id}: exit {exc.exit_code}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug in the agent is a failure to report

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -38,11 +37,12 @@ from sealboot_agent.errors import (
     AgentError,
     ManifestError,
     UsageError,
-    WriteError,
     shown,
 )
 from sealboot_agent.handoff import HANDOFFS
-from sealboot_agent.state import confined_to, open_under
+from sealboot_agent.logs import configure_logging
+from sealboot_agent.state import confined_to
+from sealboot_agent.status import show_status
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKENDS,
@@ -54,86 +54,6 @@ from sealboot_agent.wire import (
 )
 
 log = logging.getLogger("sealboot_agent")
-
-
-class _UtcFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__(
-            fmt="%(asctime)s sealboot-agent[%(process)d] %(levelname)s: %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%SZ",
-        )
-        self.converter = time.gmtime
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        # One record, one line: whatever slipped into a message cannot forge another line or
-        # drive the terminal (tracebacks, appended after this, keep their lines).
-        record.message = shown(record.message, limit=1 << 16)
-        return super().formatMessage(record)
-
-
-def _same_file(stream: TextIO, path: Path) -> bool:
-    try:
-        a = os.fstat(stream.fileno())
-        b = os.stat(path)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-class _AppendHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A handler over a log file the agent opened itself (under --root, no symlink followed)."""
-
-    def close(self) -> None:
-        try:
-            self.acquire()
-            try:
-                self.stream.close()
-            finally:
-                self.release()
-        finally:
-            super().close()
-
-
-def configure_logging(
-    verbose: int, log_file: Path | None, stderr: TextIO, *, root: Path | None = None
-) -> None:
-    """Log to stderr and to *log_file*, but only once when stderr already is that file.
-
-    *log_file* is opened under *root* (default ``/``) without following a symlink out of it;
-    when it cannot be, the agent logs to stderr only and says why (a log is not worth a boot).
-    """
-    logger = logging.getLogger("sealboot_agent")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
-    fmt = _UtcFormatter()
-    console = logging.StreamHandler(stderr)
-    console.setFormatter(fmt)
-    logger.addHandler(console)
-    if log_file is not None and not _same_file(stderr, log_file):
-        old = os.umask(0o077)
-        try:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
-            fd = open_under(log_file, flags, 0o600, root=root)
-            handler = _AppendHandler(os.fdopen(fd, "a", encoding="utf-8"))
-        except WriteError as exc:
-            log.warning("%s; logging to stderr only", exc.message)
-        except OSError as exc:
-            log.warning(
-                "cannot append to %s (%s); logging to stderr only",
-                shown(log_file, limit=4096),
-                exc.strerror,
-            )
-        else:
-            handler.setFormatter(fmt)
-            logger.addHandler(handler)
-        finally:
-            os.umask(old)
-    # botocore's own debug output can echo response bodies (secret values); keep it quiet.
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def _exit_code_table() -> str:
@@ -425,96 +345,26 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfi
         denied_grace=max(0.0, args.denied_grace),
         cloud_init_instance_id=pick(args.instance_id, env, "instance_id"),
         keep_plaintext=args.keep_plaintext,
-        use_fips=args.use_fips or manifest.use_fips,
+        use_fips=args.use_fips,
         verbose=args.verbose,
         pause_at=pick(None, env, "pause_at"),
     )
 
 
-_OUTCOMES = {
-    "ok": "ok",
-    "failed": "failed",
-    # A killed run leaves "running" behind; the next run resumes after the last step.
-    "running": "running, or stopped before it finished (the next run resumes)",
-}
-
-
-def _stamp(at: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-
-
-def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from sealboot_agent.state import PHASES, StateStore
-
-    root = Path(pick(args.root, env, "root") or "/")
-    store = StateStore(root / DEFAULT_STATE_DIR.lstrip("/"), root=root)
-    state = store.load()
-    if state is None:
-        if args.json:
-            out.write(json.dumps({"phase": None, "outcome": "never-run"}) + "\n")
-        else:
-            out.write("sealboot-agent has not run on this instance\n")
-        return 0
-    if args.json:
-        out.write(state.to_json())
-        return 0 if state.outcome == "ok" else 1
-    # The state file is under the root, so its text is shown like any text from outside.
-    out.write(f"outcome:   {_OUTCOMES.get(state.outcome) or shown(state.outcome)}\n")
-    if state.error:
-        err = state.error
-        kind = f"{shown(err.get('kind'))} " if err.get("kind") else ""
-        out.write(
-            f"error:     {kind}(exit {shown(err.get('exit_code'))}): "
-            f"{shown(err.get('message'), limit=4096)}\n"
-        )
-        if err.get("fragment"):
-            out.write(f"fragment:  {shown(err.get('fragment'), limit=1024)}\n")
-    # The phase saved is the last step that finished, not the one that failed.
-    out.write(f"last completed step: {state.phase}\n")
-    out.write(f"manifest:  {shown(state.manifest_id)}\n")
-    out.write(
-        f"instance:  {shown(state.instance_id or '-')}  region: {shown(state.region or '-')}\n"
-    )
-    out.write(f"output:    {shown(state.output or '-')}  hand-off: {shown(state.handoff or '-')}\n")
-    out.write(f"fragments: {len(state.fragments)}\n")
-    for name in state.fragments:
-        out.write(f"  {shown(name)}{'  (left behind)' if name in state.left_behind else ''}\n")
-    out.write("steps completed:\n")
-    first = min(state.times.values(), default=0.0)
-    for phase in PHASES:
-        if phase not in state.times:
-            continue
-        at = state.times[phase]
-        since = f"  +{at - first:.3f}s" if args.verbose else ""
-        out.write(f"  {phase:<11} {_stamp(at)}{since}\n")
-    if args.verbose:
-        out.write(f"state file: {shown(store.file, limit=4096)}\n")
-        out.write(f"agent:     {shown(state.agent_version or '-')}\n")
-    if state.outcome == "running":
-        out.write(
-            "what to do: unless a sealboot-agent is running now, run 'sealboot-agent fetch' "
-            "again (safe: fragments are deleted only after a verified durable write)\n"
-        )
-    elif state.outcome != "ok":
-        out.write(
-            "what to do: the log (/var/log/cloud-init-output.log, or fetch's --log-file) has "
-            "the advice next to the error; 'sealboot-agent doctor' checks what a fetch needs\n"
-        )
-    return 0 if state.outcome == "ok" else 1
+def _refuse(err: TextIO, exc: AgentError) -> int:
+    """Report an error found before logging is set up; return its exit code."""
+    err.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
+    return exc.exit_code
 
 
 def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from sealboot_agent.doctor import FAIL, DoctorConfig, run_doctor, summary
+    from sealboot_agent.doctor import DoctorConfig, print_doctor, run_doctor
     from sealboot_agent.run import Deps
 
-    try:
-        region, endpoint, imds = _sources(args, env)
-        manifest = None
-        if args.manifest is not None or args.prefix is not None:
-            manifest = _load_manifest(args, region, endpoint)
-    except AgentError as exc:
-        err.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
-        return exc.exit_code
+    region, endpoint, imds = _sources(args, env)
+    manifest = None
+    if args.manifest is not None or args.prefix is not None:
+        manifest = _load_manifest(args, region, endpoint)
     configure_logging(args.verbose, None, err)
     cfg = DoctorConfig(
         manifest=manifest,
@@ -524,14 +374,7 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
         backend=args.backend,
         use_fips=args.use_fips,
     )
-    checks = run_doctor(cfg, Deps())
-    for check in checks:
-        # Details quote IMDS, AWS, cloud-init and the manifest: all text from outside.
-        out.write(f"[{check.verdict:^4}] {check.name}: {shown(check.detail, limit=4096)}\n")
-        if check.todo:
-            out.write(f"       what to do: {shown(check.todo, limit=4096)}\n")
-    out.write(summary(checks) + "\n")
-    return 1 if any(c.verdict == FAIL for c in checks) else 0
+    return print_doctor(run_doctor(cfg, Deps()), out)
 
 
 def main(
@@ -551,21 +394,21 @@ def main(
         return int(exc.code or 0)
     try:
         if args.command == "status":
-            return _status(args, env, stdout)
+            root = Path(pick(args.root, env, "root") or "/")
+            return show_status(root, stdout, as_json=args.json, verbose=args.verbose)
         if args.command == "doctor":
             return _doctor(args, env, stdout, stderr)
-    except AgentError as exc:
-        stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
-        return exc.exit_code
-    os.umask(0o077)
-    try:
+        os.umask(0o077)
         cfg = build_config(args, env)
     except AgentError as exc:
-        stderr.write(f"sealboot-agent: error: {exc.message}\n  what to do: {exc.advice}\n")
-        return exc.exit_code
+        return _refuse(stderr, exc)
     configure_logging(
         cfg.verbose, cfg.path(cfg.log_file) if cfg.log_file else None, stderr, root=cfg.root
     )
+    return _fetch(cfg, stdout)
+
+
+def _fetch(cfg: AgentConfig, stdout: TextIO) -> int:
     from sealboot_agent.deadline import within_deadline
     from sealboot_agent.run import Deps, run_fetch
 
@@ -577,52 +420,27 @@ def main(
         f" for machine {label}" if label else "",
         cfg.manifest.manifest_id,
     )
+    handoff = HANDOFFS[cfg.handoff]
     try:
         # Every file the run writes stays under --root, through no symlink out of it.
         with confined_to(cfg.root):
             # A watchdog ends a network call that outlives --deadline (timeouts are per read).
-            state = within_deadline(
+            done = within_deadline(
                 cfg.deadline,
                 lambda: run_fetch(cfg, Deps()),
-                last_words=lambda err: _report_to_cloud_init(cfg, err),
+                last_words=lambda err: handoff.report_failure(cfg, err),
             )
-        if cfg.handoff == "stdout":
-            from sealboot_agent.run import handed_over_copy
-
-            data = handed_over_copy(cfg, state)
-            buffer = getattr(stdout, "buffer", None)
-            if buffer is not None:
-                buffer.write(data)
-                buffer.flush()
-            else:
-                stdout.write(data.decode("utf-8", "surrogateescape"))
+        handoff.deliver(cfg, done.state, done.payload, stdout)
     except AgentError as exc:
         log.error("%s", exc.message)
         log.error("what to do: %s", exc.advice)
         log.error("exit %d", exc.exit_code)
-        _report_to_cloud_init(cfg, exc)
+        handoff.report_failure(cfg, exc)
         return exc.exit_code
     except Exception:  # noqa: BLE001 - the boot path must say what broke, not just die
         log.exception("unexpected error; no fragment was deleted unless the log says so")
         return 1
     return 0
-
-
-def _report_to_cloud_init(cfg: AgentConfig, exc: AgentError) -> None:
-    """cloud-init only logs a failing boothook; a failing user script makes status say error."""
-    if cfg.handoff != "cloud-init":
-        return
-    from sealboot_agent.handoff import report_failure
-    from sealboot_agent.run import cloud_init_instance_id
-
-    iid = cloud_init_instance_id(cfg)
-    if iid is None:
-        return
-    try:
-        with confined_to(cfg.root):
-            report_failure(cfg.root, iid, f"{exc.message} (exit {exc.exit_code})")
-    except AgentError as err:
-        log.warning("could not record the failure for cloud-init: %s", err.message)
 
 
 def entrypoint() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sealboot_agent.errors import UsageError, shown
-from sealboot_agent.wire import Manifest
+from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, Manifest
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 DEFAULT_OUTPUT = "/etc/secret-userdata.txt"
@@ -31,6 +31,47 @@ ENV = {
     "pause_at": "SEALBOOT_TEST_PAUSE_AT",
     "instance_id": "INSTANCE_ID",
 }
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the fragments are, with the command line's word over the manifest's.
+
+    The one place that precedence is decided; fetch and doctor both ask it. *region* may
+    still be None: then IMDS says.
+
+    Example::
+
+        >>> Target.of(m, region="us-east-2").region
+        'us-east-2'
+    """
+
+    backend: str
+    region: str | None
+    region_source: str
+    endpoint_url: str | None
+    use_fips: bool
+
+    @classmethod
+    def of(
+        cls,
+        manifest: Manifest | None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        use_fips: bool = False,
+        backend: str = BACKEND_SECRETS_MANAGER,
+    ) -> Target:
+        """Flags first, then the manifest; *backend* counts only without a manifest."""
+        if manifest is None:
+            return cls(backend, region, "--region" if region else "", endpoint_url, use_fips)
+        return cls(
+            manifest.backend,
+            region or manifest.region,
+            "--region" if region else ("the manifest" if manifest.region else ""),
+            endpoint_url or manifest.endpoint_url,
+            use_fips or manifest.use_fips,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,12 +110,14 @@ class AgentConfig:
         return self.root / inside.lstrip("/")
 
     @property
-    def effective_region(self) -> str | None:
-        return self.region or self.manifest.region
-
-    @property
-    def effective_endpoint(self) -> str | None:
-        return self.endpoint_url or self.manifest.endpoint_url
+    def target(self) -> Target:
+        """Backend, region, endpoint and FIPS: the flags over the manifest."""
+        return Target.of(
+            self.manifest,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            use_fips=self.use_fips,
+        )
 
 
 def pick(cli: str | None, env: Mapping[str, str], key: str) -> str | None:

@@ -2,12 +2,13 @@
 
 Example::
 
-    >>> delete_fragments(client, manifest.fragments, RetryPolicy(Deadline(60)))
+    >>> delete_fragments(STORES[manifest.backend], client, manifest.fragments, policy)
     {}
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,39 +16,51 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sealboot_agent.aws import Client
-from sealboot_agent.retry import Exhausted, RetryPolicy, client_error, request_id, with_retries
+from sealboot_agent.retry import Exhausted, RetryPolicy, client_error, with_retries
+from sealboot_agent.stores import ALREADY_GONE, Store
 
 log = logging.getLogger(__name__)
 
 
-def _delete_one(client: Client, name: str, policy: RetryPolicy) -> str | None:
-    """Return None when *name* is gone, else the reason it is still there."""
+def _delete_batch(
+    store: Store, client: Client, batch: list[str], policy: RetryPolicy
+) -> dict[str, str]:
+    """Return ``{name: reason}`` for each name of *batch* that is still there."""
     try:
-        resp = with_retries(
-            lambda: client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True),
+        done = with_retries(
+            functools.partial(store.delete, client, batch),
             policy,
-            f"DeleteSecret {name}",
+            f"{store.delete_operation} {batch[0]}"
+            if len(batch) == 1
+            else f"{store.delete_operation} of {len(batch)}",
         )
     except ClientError as exc:
         code, _, rid = client_error(exc)
-        if code == "ResourceNotFoundException":
-            log.debug("fragment %s was already gone", name)
-            return None
-        return f"{code} (request id {rid})" if rid else code
+        why = f"{code} (request id {rid})" if rid else code
     except Exhausted as exc:
-        return exc.describe()
+        why = exc.describe()
     except BotoCoreError as exc:
-        return type(exc).__name__
-    log.debug("deleted %s, request id %s", name, request_id(resp))
-    return None
-
-
-def delete_fragments(client: Client, names: Sequence[str], policy: RetryPolicy) -> dict[str, str]:
-    """Delete every fragment (idempotent); return ``{name: reason}`` for those left behind."""
-    if len(names) <= 1:
-        # Most user data is one fragment: no thread to start and join on the boot path.
-        results = [_delete_one(client, n, policy) for n in names]
+        why = type(exc).__name__
     else:
-        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            results = list(pool.map(lambda n: _delete_one(client, n, policy), names))
-    return {name: why for name, why in zip(names, results) if why is not None}
+        for name, outcome in done.items():
+            gone = outcome == ALREADY_GONE
+            log.debug("fragment %s %s", name, "was already gone" if gone else "deleted")
+        return {}
+    return dict.fromkeys(batch, why)
+
+
+def delete_fragments(
+    store: Store, client: Client, names: Sequence[str], policy: RetryPolicy
+) -> dict[str, str]:
+    """Delete every fragment (idempotent); return ``{name: reason}`` for those left behind."""
+    batches = list(store.batches(names, store.delete_max))
+    left: dict[str, str] = {}
+    if len(batches) <= 1:
+        # Most user data is one call: no thread to start and join on the boot path.
+        for batch in batches:
+            left.update(_delete_batch(store, client, batch, policy))
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(batches))) as pool:
+            for part in pool.map(lambda b: _delete_batch(store, client, b, policy), batches):
+                left.update(part)
+    return left

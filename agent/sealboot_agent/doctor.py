@@ -16,13 +16,24 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from sealboot_agent.config import DEFAULT_IMDS_ENDPOINT, Target
 from sealboot_agent.errors import FragmentMissing, ImdsError, shown
 from sealboot_agent.imds import Deadline, Imds, RoleCredentials
 from sealboot_agent.run import Deps
-from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, SSM_BATCH_MAX, Manifest
+from sealboot_agent.stores import (
+    DELETING,
+    DENIED,
+    MISSING,
+    PLAINTEXT,
+    PRESENT,
+    STORES,
+    Probed,
+    Store,
+)
+from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,7 @@ class DoctorConfig:
     manifest: Manifest | None = None
     region: str | None = None
     endpoint_url: str | None = None
-    imds_endpoint: str = "http://169.254.169.254"
+    imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
     # Each stage (IMDS, then AWS) gets this long; a late instance profile is waited for.
     deadline: float = 20.0
     # Without a manifest: which store --endpoint-url and the endpoint check are about.
@@ -61,12 +72,15 @@ class DoctorConfig:
     use_fips: bool = False
 
     @property
-    def effective_backend(self) -> str:
-        return self.manifest.backend if self.manifest is not None else self.backend
-
-    @property
-    def effective_use_fips(self) -> bool:
-        return self.use_fips or (self.manifest is not None and self.manifest.use_fips)
+    def target(self) -> Target:
+        """Backend, region, endpoint and FIPS: the flags over the manifest, as fetch has them."""
+        return Target.of(
+            self.manifest,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            use_fips=self.use_fips,
+            backend=self.backend,
+        )
 
 
 @dataclass(frozen=True)
@@ -159,26 +173,18 @@ def _offline_session() -> Any:
     return session
 
 
-def _client(
-    cfg: DoctorConfig,
-    deps: Deps,
-    session: Any,
-    region: str,
-    endpoint_url: str | None,
-    deadline: Deadline,
-) -> Any:
+def _client(target: Target, deps: Deps, session: Any, region: str, deadline: Deadline) -> Any:
     from sealboot_agent.aws import make_client
 
     if deps.client_factory is not None:
-        return deps.client_factory(region=region, endpoint_url=endpoint_url)
-    ssm = cfg.effective_backend == BACKEND_SSM
+        return deps.client_factory(region=region, endpoint_url=target.endpoint_url)
     return make_client(
         session,
-        "ssm" if ssm else "secretsmanager",
+        STORES[target.backend].service,
         region=region,
-        endpoint_url=endpoint_url,
+        endpoint_url=target.endpoint_url,
         deadline=deadline,
-        use_fips=cfg.effective_use_fips,
+        use_fips=target.use_fips,
     )
 
 
@@ -218,12 +224,68 @@ def _imds_checks(
     return region, creds
 
 
-def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
-    """Run every check in order; one that cannot run is a SKIP that says why."""
+def _region_check(target: Target, imds_region: str | None) -> tuple[str | None, Check]:
+    region, source = target.region, target.region_source
+    if region is None and imds_region is not None:
+        region, source = imds_region, "IMDS"
+    if region:
+        return region, Check("region", OK, f"{region} (from {source})")
+    return None, Check(
+        "region",
+        FAIL,
+        "unknown: not given, not in the manifest, and IMDS did not say",
+        "pass --region (or SEALBOOT_REGION), or fix IMDS (see the checks above)",
+    )
+
+
+def _endpoint_checks(
+    cfg: DoctorConfig,
+    deps: Deps,
+    imds: Imds,
+    creds: RoleCredentials | None,
+    region: str | None,
+    checks: list[Check],
+) -> tuple[Any, bool]:
+    """The endpoint check; return the store's client (or None) and whether it is unreachable."""
     from botocore.exceptions import BotoCoreError
 
     from sealboot_agent.aws import session_from_imds
 
+    target = cfg.target
+    if region is None:
+        if target.endpoint_url:
+            checks.append(_reachable(target.endpoint_url, timeout=5.0))
+        else:
+            checks.append(Check("endpoint", SKIP, "needs a region (see the region check)"))
+        return None, False
+    session = session_from_imds(imds, creds) if creds is not None else _offline_session()
+    fips = "on" if target.use_fips else "off"
+    log.debug("backend %s, FIPS endpoints %s", target.backend, fips)
+    # The AWS calls get their own budget: a late instance profile may have used up IMDS's.
+    deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
+    try:
+        client = _client(target, deps, session, region, deadline)
+    except BotoCoreError as exc:
+        checks.append(
+            Check(
+                "endpoint",
+                FAIL,
+                f"no endpoint for {target.backend} in {region}"
+                f"{' with FIPS' if target.use_fips else ''}: {exc}",
+                "check the region and the manifest's use_fips, or pass --endpoint-url",
+            )
+        )
+        return None, False
+    resolved = target.endpoint_url or getattr(client.meta, "endpoint_url", None)
+    if not resolved:
+        checks.append(Check("endpoint", SKIP, "the client names no endpoint URL"))
+        return client, False
+    checks.append(_reachable(resolved, timeout=5.0))
+    return client, checks[-1].verdict == FAIL
+
+
+def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
+    """Run every check in order; one that cannot run is a SKIP that says why."""
     checks: list[Check] = []
     manifest = cfg.manifest
     t0 = time.monotonic()
@@ -232,60 +294,9 @@ def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
     )
     imds_region, creds = _imds_checks(cfg, imds, checks)
     log.debug("IMDS: %d request(s) in %s", imds.requests, _ms(t0))
-
-    region = cfg.region or (manifest.region if manifest else None)
-    source = "--region" if cfg.region else "the manifest"
-    if region is None and imds_region is not None:
-        region, source = imds_region, "IMDS"
-    if region:
-        checks.append(Check("region", OK, f"{region} (from {source})"))
-    else:
-        checks.append(
-            Check(
-                "region",
-                FAIL,
-                "unknown: not given, not in the manifest, and IMDS did not say",
-                "pass --region (or SEALBOOT_REGION), or fix IMDS (see the checks above)",
-            )
-        )
-
-    # The AWS calls get their own budget: a late instance profile may have used up IMDS's.
-    deadline = Deadline(cfg.deadline, deps.clock, deps.sleep)
-    endpoint_url = cfg.endpoint_url or (manifest.endpoint_url if manifest else None)
-    client = None
-    unreachable = False
-    if region is None:
-        if endpoint_url:
-            checks.append(_reachable(endpoint_url, timeout=5.0))
-        else:
-            checks.append(Check("endpoint", SKIP, "needs a region (see the region check)"))
-    else:
-        session = session_from_imds(imds, creds) if creds is not None else _offline_session()
-        log.debug(
-            "backend %s, FIPS endpoints %s",
-            cfg.effective_backend,
-            "on" if cfg.effective_use_fips else "off",
-        )
-        try:
-            client = _client(cfg, deps, session, region, endpoint_url, deadline)
-        except BotoCoreError as exc:
-            checks.append(
-                Check(
-                    "endpoint",
-                    FAIL,
-                    f"no endpoint for {cfg.effective_backend} in {region}"
-                    f"{' with FIPS' if cfg.effective_use_fips else ''}: {exc}",
-                    "check the region and the manifest's use_fips, or pass --endpoint-url",
-                )
-            )
-        else:
-            resolved = endpoint_url or getattr(client.meta, "endpoint_url", None)
-            if resolved:
-                checks.append(_reachable(resolved, timeout=5.0))
-                unreachable = checks[-1].verdict == FAIL
-            else:
-                checks.append(Check("endpoint", SKIP, "the client names no endpoint URL"))
-
+    region, check = _region_check(cfg.target, imds_region)
+    checks.append(check)
+    client, unreachable = _endpoint_checks(cfg, deps, imds, creds, region, checks)
     if manifest is None:
         checks.append(Check("fragments", SKIP, "no --manifest or --prefix given"))
     elif creds is None:
@@ -303,12 +314,21 @@ def run_doctor(cfg: DoctorConfig, deps: Deps) -> list[Check]:
         checks.append(
             Check("fragments", SKIP, "the endpoint accepts no connections (see the endpoint check)")
         )
-    elif manifest.backend == BACKEND_SSM:
-        checks.extend(_parameters(client, manifest.fragments))
     else:
-        checks.extend(_secrets(client, manifest.fragments))
+        checks.extend(_fragments(STORES[manifest.backend], client, manifest.fragments))
     checks.append(_cloud_init_version())
     return checks
+
+
+def print_doctor(checks: Sequence[Check], out: TextIO) -> int:
+    """Print one line per check and the summary; 1 when a check failed, else 0."""
+    for check in checks:
+        # Details quote IMDS, AWS, cloud-init and the manifest: all text from outside.
+        out.write(f"[{check.verdict:^4}] {check.name}: {shown(check.detail, limit=4096)}\n")
+        if check.todo:
+            out.write(f"       what to do: {shown(check.todo, limit=4096)}\n")
+    out.write(summary(checks) + "\n")
+    return 1 if any(c.verdict == FAIL for c in checks) else 0
 
 
 def _failed_call(what: str, exc: Exception) -> tuple[str, str, str]:
@@ -328,110 +348,72 @@ def _failed_call(what: str, exc: Exception) -> tuple[str, str, str]:
     return text, text, ""
 
 
-def _secrets(client: Any, names: Sequence[str]) -> list[Check]:
-    """DescribeSecret per fragment: metadata only, never the value."""
+# Per backend: the verdict when the probe is denied, and what to do. Secrets Manager's probe
+# (DescribeSecret) is not a fetch permission; SSM's (GetParameters) is one.
+_PROBE_DENIED = {
+    BACKEND_SECRETS_MANAGER: (SKIP, _DESCRIBE_DENIED),
+    BACKEND_SSM: (FAIL, _GET_PARAMETERS_DENIED),
+}
+
+
+def _verdict(store: Store, probed: Probed) -> Check:
+    name, detail = probed.name, probed.detail
+    if probed.state == MISSING:
+        return Check("fragment", FAIL, f"{name}: does not exist", FragmentMissing.hint)
+    if probed.state == DELETING:
+        return Check(
+            "fragment",
+            FAIL,
+            f"{name}: scheduled for deletion (on {detail}); fetch cannot read it",
+            "restore it with 'aws secretsmanager restore-secret --secret-id NAME', or "
+            "re-seal the user data and replace the instance",
+        )
+    if probed.state == PRESENT:
+        return Check(
+            "fragment", OK, f"{name}: exists" + (f" ({detail}, not decrypted)" if detail else "")
+        )
+    if probed.state == PLAINTEXT:
+        return Check(
+            "fragment",
+            WARN,
+            f"{name}: exists, but as a {detail} parameter, stored unencrypted",
+            "re-seal with 'sealboot seal --backend ssm' (it writes SecureString), "
+            "replace the instance, and delete this parameter",
+        )
+    return Check(
+        "fragment", FAIL, f"{name}: missing from the {store.probe_operation} answer", _SEE_ENDPOINT
+    )
+
+
+def _fragments(store: Store, client: Any, names: Sequence[str]) -> list[Check]:
+    """The store's metadata-only probe of every fragment; no value is read or shown."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from sealboot_agent.retry import DENIED, request_id
-
     out: list[Check] = []
-    for i, name in enumerate(names):
+    done = 0
+    for batch in store.batches(names, store.probe_max):
         t0 = time.monotonic()
+        what = f"{store.probe_operation} of " + (
+            batch[0] if store.probe_max == 1 else f"{len(batch)} fragment(s)"
+        )
         try:
-            resp = client.describe_secret(SecretId=name)
+            found = store.probe(client, batch)
         except (ClientError, BotoCoreError) as exc:
-            detail, short, code = _failed_call(f"DescribeSecret of {name}", exc)
+            detail, short, code = _failed_call(what, exc)
             log.debug("%s after %s", detail, _ms(t0))
-            if code == "ResourceNotFoundException":
-                out.append(Check("fragment", FAIL, f"{name}: does not exist", FragmentMissing.hint))
-                continue
-            rest = len(names) - i
+            rest = len(names) - done
             if code in DENIED:
                 # One denial is enough: the rest would be denied too, each logged by CloudTrail.
-                out.append(
-                    Check("fragments", SKIP, f"{rest} not checked: {short}; {_DESCRIBE_DENIED}")
-                )
-            else:
-                out.append(
-                    Check(
-                        "fragments", FAIL, f"{detail}; {rest - 1} more not checked", _SEE_ENDPOINT
-                    )
-                )
-            return out
-        log.debug("DescribeSecret %s: request id %s, %s", name, request_id(resp), _ms(t0))
-        deleted = resp.get("DeletedDate")
-        if deleted:
-            out.append(
-                Check(
-                    "fragment",
-                    FAIL,
-                    f"{name}: scheduled for deletion (on {deleted}); fetch cannot read it",
-                    "restore it with 'aws secretsmanager restore-secret --secret-id NAME', or "
-                    "re-seal the user data and replace the instance",
-                )
-            )
-        else:
-            out.append(Check("fragment", OK, f"{name}: exists"))
-    return out
-
-
-def _parameters(client: Any, names: Sequence[str]) -> list[Check]:
-    """GetParameters without decryption, which the node policy grants; values are dropped."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from sealboot_agent.retry import DENIED, request_id
-
-    out: list[Check] = []
-    for start in range(0, len(names), SSM_BATCH_MAX):
-        batch = list(names[start : start + SSM_BATCH_MAX])
-        t0 = time.monotonic()
-        try:
-            resp = client.get_parameters(Names=batch, WithDecryption=False)
-        except (ClientError, BotoCoreError) as exc:
-            detail, short, code = _failed_call(f"GetParameters of {len(batch)} fragment(s)", exc)
-            log.debug("%s after %s", detail, _ms(t0))
-            rest = len(names) - start
-            if code in DENIED:
-                out.append(
-                    Check(
-                        "fragments",
-                        FAIL,
-                        f"{rest} not checked: {short}",
-                        _GET_PARAMETERS_DENIED,
-                    )
-                )
+                verdict, todo = _PROBE_DENIED[store.backend]
+                if verdict == SKIP:
+                    out.append(Check("fragments", SKIP, f"{rest} not checked: {short}; {todo}"))
+                else:
+                    out.append(Check("fragments", verdict, f"{rest} not checked: {short}", todo))
             else:
                 out.append(Check("fragments", FAIL, f"{rest} not checked: {detail}", _SEE_ENDPOINT))
             return out
-        log.debug("GetParameters of %d: request id %s, %s", len(batch), request_id(resp), _ms(t0))
-        # Only the name and type are kept: a SecureString's value comes back encrypted (no
-        # decryption was asked for), and no value of any type is looked at or shown.
-        kinds = {p.get("Name"): p.get("Type") for p in resp.get("Parameters", [])}
-        missing = set(resp.get("InvalidParameters", []))
-        del resp
-        for name in batch:
-            kind = kinds.get(name)
-            if name in missing:
-                out.append(Check("fragment", FAIL, f"{name}: does not exist", FragmentMissing.hint))
-            elif kind == "SecureString":
-                out.append(Check("fragment", OK, f"{name}: exists (SecureString, not decrypted)"))
-            elif kind is not None:
-                out.append(
-                    Check(
-                        "fragment",
-                        WARN,
-                        f"{name}: exists, but as a {kind} parameter, stored unencrypted",
-                        "re-seal with 'sealboot seal --backend ssm' (it writes SecureString), "
-                        "replace the instance, and delete this parameter",
-                    )
-                )
-            else:
-                out.append(
-                    Check(
-                        "fragment",
-                        FAIL,
-                        f"{name}: missing from the GetParameters answer",
-                        _SEE_ENDPOINT,
-                    )
-                )
+        rid = found[0].request_id if found else ""
+        log.debug("%s: request id %s, %s", what, rid, _ms(t0))
+        out.extend(_verdict(store, p) for p in found)
+        done += len(batch)
     return out

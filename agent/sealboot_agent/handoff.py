@@ -19,16 +19,24 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from sealboot_agent import userdata
 from sealboot_agent.config import DEFAULT_OUTPUT, PRIVATE_OUTPUT
-from sealboot_agent.errors import AgentError, IntegrityError, UnsupportedUserData, shown
-from sealboot_agent.state import make_private_dirs, remove_under, write_durable
+from sealboot_agent.errors import (
+    AgentError,
+    IntegrityError,
+    StateError,
+    UnsupportedUserData,
+    shown,
+)
+from sealboot_agent.state import confined_to, make_private_dirs, remove_under, write_durable
 from sealboot_agent.userdata import Part
+from sealboot_agent.wire import sha256_hex
 
 if TYPE_CHECKING:
     from sealboot_agent.config import AgentConfig
+    from sealboot_agent.state import State
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,31 @@ class Plan:
 
     def count(self, kind: str) -> int:
         return sum(1 for p in self.parts if p.kind == kind)
+
+
+def cloud_init_instance_id(cfg: AgentConfig) -> str | None:
+    """cloud-init's instance id: $INSTANCE_ID in a boothook, else /var/lib/cloud/instance."""
+    if cfg.cloud_init_instance_id:
+        return cfg.cloud_init_instance_id
+    try:
+        target = os.readlink(cfg.path("/var/lib/cloud/instance"))
+    except OSError:
+        return None
+    return os.path.basename(target.rstrip("/")) or None
+
+
+def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
+    """The verified durable copy, when this run did not read the user data itself."""
+    try:
+        data = cfg.path(cfg.output).read_bytes()
+    except OSError as exc:
+        raise StateError(
+            f"the user data was handed over already and {cfg.output} is gone ({exc.strerror})",
+            hint="cloud-init keeps its own copy for this instance; nothing to fetch again",
+        ) from exc
+    if state.output_sha256 is None or sha256_hex(data) != state.output_sha256:
+        raise StateError(f"{cfg.output} does not match the digest recorded when it was written")
+    return data
 
 
 def refusal(exc: userdata.Refused) -> AgentError:
@@ -188,7 +221,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Handoff:
-    """A hand-off mode: prepare (plan, refuse before any delete), apply, report a failure.
+    """A hand-off mode: prepare (plan, refuse before any delete), apply, deliver, report failure.
 
     Example::
 
@@ -205,9 +238,15 @@ class Handoff:
         return Prepared(payload, instance_id)
 
     def apply(self, cfg: AgentConfig, prepared: Prepared) -> None:
+        """Hand the user data on, once the fragments are deleted."""
         log.info("hand-off %s: %s", self.name, self.description)
 
-    def report_failure(self, cfg: AgentConfig, instance_id: str | None, exc: AgentError) -> None:
+    def deliver(
+        self, cfg: AgentConfig, state: State, payload: bytes | None, stdout: TextIO
+    ) -> None:
+        """After the run: what the caller's standard output gets (nothing, but for stdout)."""
+
+    def report_failure(self, cfg: AgentConfig, exc: AgentError) -> None:
         """Only the cloud-init hand-off tells cloud-init; the others leave it to the caller."""
 
 
@@ -237,11 +276,14 @@ class CloudInitHandoff(Handoff):
             "" if cfg.keep_plaintext else "; plaintext removed after the final stage",
         )
 
-    def report_failure(self, cfg: AgentConfig, instance_id: str | None, exc: AgentError) -> None:
+    def report_failure(self, cfg: AgentConfig, exc: AgentError) -> None:
+        # cloud-init only logs a failing boothook; a failing user script makes status say error.
+        instance_id = cloud_init_instance_id(cfg)
         if instance_id is None:
             return
         try:
-            report_failure(cfg.root, instance_id, f"{exc.message} (exit {exc.exit_code})")
+            with confined_to(cfg.root):
+                report_failure(cfg.root, instance_id, f"{exc.message} (exit {exc.exit_code})")
         except AgentError as err:
             log.warning("could not record the failure for cloud-init: %s", err.message)
 
@@ -256,6 +298,19 @@ class StdoutHandoff(Handoff):
         if not cfg.keep_plaintext:
             schedule_cleanup(cfg.root, prepared.instance_id, [cfg.output])
         log.info("hand-off stdout: user data goes to cloud-init through the sealboot datasource")
+
+    def deliver(
+        self, cfg: AgentConfig, state: State, payload: bytes | None, stdout: TextIO
+    ) -> None:
+        # A run that read the user data passes it on as verified; only a run that found the
+        # hand-off done reads the durable copy back (the datasource may ask again).
+        data = payload if payload is not None else handed_over_copy(cfg, state)
+        buffer = getattr(stdout, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            stdout.write(data.decode("utf-8", "surrogateescape"))
 
 
 class CapaHandoff(Handoff):

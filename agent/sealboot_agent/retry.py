@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -30,35 +30,12 @@ from botocore.exceptions import (
 
 from sealboot_agent.deadline import AWS, Deadline, DeadlinePassed, waiting_for
 from sealboot_agent.errors import shown
+from sealboot_agent.stores import DENIED, RETRYABLE, IncompleteResponse, is_denied
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-THROTTLING = {
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "SlowDown",
-    "ThrottledException",
-}
-TRANSIENT = {
-    "InternalServiceError",
-    "InternalServiceErrorException",
-    "InternalFailure",
-    "InternalError",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-}
-DENIED = {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"}
-KMS = {"DecryptionFailure", "KMSAccessDeniedException", "KMSDisabledException"}
 _TRANSPORT = (
     EndpointConnectionError,
     ConnectTimeoutError,
@@ -67,12 +44,6 @@ _TRANSPORT = (
     NoCredentialsError,
     CredentialRetrievalError,
 )
-
-
-class IncompleteResponse(BotoCoreError):  # type: ignore[misc]
-    """A 200 answer that lacks what every real answer has: a connection cut mid-body."""
-
-    fmt = "incomplete response to {operation}: {detail}"
 
 
 class NotStarted(Exception):
@@ -89,7 +60,7 @@ def client_error(exc: ClientError) -> tuple[str, str, str]:
     message = shown(err.get("Message", ""))
     meta = exc.response.get("ResponseMetadata", {})
     status = meta.get("HTTPStatusCode")
-    if status == 403 and code not in DENIED | KMS:
+    if status == 403 and is_denied(code, status) and code not in DENIED:
         # Some endpoints answer 403 in a body botocore cannot parse; it is still a denial.
         code, message = "AccessDeniedException", f"HTTP 403 {message}"
     return code, message, shown(meta.get("RequestId", ""), 100)
@@ -100,7 +71,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         code, _, _ = client_error(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        if code in THROTTLING or code in TRANSIENT or status >= 500:
+        if code in RETRYABLE or status >= 500:
             return "retry"
         if code in DENIED:
             return "denied"
@@ -175,7 +146,3 @@ def with_retries(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
             last = exc
             attempt += 1
             log.info("%s: %s, retry %d", what, label, attempt)
-
-
-def request_id(resp: Any) -> str:
-    return str(resp.get("ResponseMetadata", {}).get("RequestId", ""))

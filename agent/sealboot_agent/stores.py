@@ -160,6 +160,7 @@ class Probed:
     name: str
     state: str
     detail: str = ""
+    request_id: str = ""
 
 
 def _tag_map(tags: Any) -> dict[str, str]:
@@ -192,6 +193,7 @@ class Store:
     delete_operation: str = ""
     probe_operation: str = ""
     delete_command: str = ""  # how an operator deletes one by hand (NAME stands for the name)
+    node_actions: tuple[str, ...] = ()  # what a fetch calls: read, then delete
 
     def batches(self, names: Sequence[str], size: int) -> Iterator[list[str]]:
         """*names* in slices of at most *size*, in order."""
@@ -257,6 +259,7 @@ class SecretsManagerStore(Store):
     get_one_operation = "GetSecretValue"
     delete_operation = "DeleteSecret"
     probe_operation = "DescribeSecret"
+    node_actions = ("secretsmanager:GetSecretValue", "secretsmanager:DeleteSecret")
     delete_command = (
         "aws secretsmanager delete-secret --force-delete-without-recovery --secret-id NAME"
     )
@@ -378,8 +381,12 @@ class SecretsManagerStore(Store):
                     raise
                 out.append(Probed(name, MISSING))
                 continue
+            rid = request_id(resp)
             deleted = resp.get("DeletedDate")
-            out.append(Probed(name, DELETING, str(deleted)) if deleted else Probed(name, PRESENT))
+            if deleted:
+                out.append(Probed(name, DELETING, str(deleted), rid))
+            else:
+                out.append(Probed(name, PRESENT, "", rid))
         return out
 
 
@@ -393,6 +400,7 @@ class SsmStore(Store):
     probe_max = SSM_BATCH_MAX
     get_operation = get_one_operation = probe_operation = "GetParameters"
     delete_operation = "DeleteParameters"
+    node_actions = ("ssm:GetParameters", "ssm:DeleteParameters")
     delete_command = "aws ssm delete-parameter --name NAME"
 
     def encode(self, stream: bytes, fmt: str, tier: str = "standard") -> list[bytes]:
@@ -480,18 +488,19 @@ class SsmStore(Store):
         resp = client.get_parameters(Names=list(names), WithDecryption=False)
         kinds = {p.get("Name"): str(p.get("Type")) for p in resp.get("Parameters", [])}
         missing = set(resp.get("InvalidParameters", []))
+        rid = request_id(resp)
         del resp
         out = []
         for name in names:
             kind = kinds.get(name)
             if name in missing:
-                out.append(Probed(name, MISSING))
+                out.append(Probed(name, MISSING, "", rid))
             elif kind == "SecureString":
-                out.append(Probed(name, PRESENT, kind))
+                out.append(Probed(name, PRESENT, kind, rid))
             elif kind is not None:
-                out.append(Probed(name, PLAINTEXT, kind))
+                out.append(Probed(name, PLAINTEXT, kind, rid))
             else:
-                out.append(Probed(name, UNANSWERED))
+                out.append(Probed(name, UNANSWERED, "", rid))
         return out
 
 

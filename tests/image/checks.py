@@ -95,7 +95,7 @@ def check_installed(host: Any, dist: Dist, python_version: str) -> None:
 # the clients a fetch builds, which is when botocore and urllib3 look for optional extras, then
 # print every loaded module that comes from neither the standard library nor the artifact.
 FOREIGN_PROBE = """import sys, sysconfig, botocore.session, requests, sealboot_agent.cli
-import sealboot_agent.fetch, sealboot_agent.ssm
+import sealboot_agent.fetch, sealboot_agent.stores
 session = botocore.session.get_session()
 for name in ("secretsmanager", "ssm"):
     session.create_client(name, region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sealboot_agent.cli import build_config, build_parser, configure_logging, main
+from sealboot_agent.cli import build_config, build_parser, main
 from sealboot_agent.config import DEFAULT_DEADLINE, DEFAULT_IMDS_ENDPOINT, DEFAULT_OUTPUT
 from sealboot_agent.errors import UsageError
+from sealboot_agent.logs import configure_logging
 from sealboot_agent.state import State, StateStore
 from sealboot_agent.wire import MANIFEST_MAX_BYTES, Manifest
 
@@ -110,7 +111,7 @@ def test_defaults_when_neither_cli_nor_env() -> None:
     cfg = build_config(build_parser().parse_args(["fetch", "--manifest", MJSON]), {})
     assert cfg.manifest == MANIFEST
     assert cfg.region is None
-    assert cfg.effective_region == "eu-west-1"  # from the manifest
+    assert cfg.target.region == "eu-west-1"  # from the manifest
     assert cfg.endpoint_url is None
     assert cfg.imds_endpoint == DEFAULT_IMDS_ENDPOINT
     assert cfg.root == Path("/")
@@ -129,9 +130,9 @@ def test_environment_beats_defaults() -> None:
     }
     cfg = build_config(build_parser().parse_args(["fetch", "--manifest", MJSON]), env)
     assert cfg.region == "us-east-2"
-    assert cfg.effective_region == "us-east-2"
+    assert cfg.target.region == "us-east-2"
     assert cfg.endpoint_url == "http://127.0.0.1:5000"
-    assert cfg.effective_endpoint == "http://127.0.0.1:5000"
+    assert cfg.target.endpoint_url == "http://127.0.0.1:5000"
     assert cfg.imds_endpoint == "http://127.0.0.1:1338"
     assert cfg.root == Path("/srv/inst")
     assert cfg.deadline == 42.0
@@ -665,7 +666,7 @@ def test_a_log_record_is_one_line_whatever_its_message_holds() -> None:
     import io
     import logging
 
-    from sealboot_agent.cli import configure_logging
+    from sealboot_agent.logs import configure_logging
 
     err = io.StringIO()
     configure_logging(0, None, err)

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from sealboot_agent import doctor
-from sealboot_agent.cli import configure_logging, main
+from sealboot_agent.cli import main
 from sealboot_agent.doctor import FAIL, OK, SKIP, WARN, Check, DoctorConfig, run_doctor, summary
+from sealboot_agent.logs import configure_logging
 from sealboot_agent.run import Deps
 from sealboot_agent.wire import Manifest
 from tests.stack.imds import Identity, ImdsEmulator

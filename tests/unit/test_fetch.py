@@ -17,7 +17,11 @@ from sealboot_agent.errors import (
 from sealboot_agent.fetch import error_for, fetch_fragments
 from sealboot_agent.imds import Deadline
 from sealboot_agent.retry import RetryPolicy
+from sealboot_agent.stores import STORES
+from sealboot_agent.wire import BACKEND_SECRETS_MANAGER
 from tests.unit.fakes import FakeClock, FakeSecrets, client_error
+
+SM = STORES[BACKEND_SECRETS_MANAGER]
 
 
 @pytest.fixture
@@ -53,13 +57,13 @@ def http_403() -> ClientError:
 
 def test_batch_returns_values_in_manifest_order(policy: RetryPolicy) -> None:
     fake, names, values = stocked(5)
-    assert fetch_fragments(fake, names, policy) == values
+    assert fetch_fragments(SM, fake, names, policy) == values
     assert [op for op, _ in fake.calls] == ["batch_get_secret_value"]
 
 
 def test_batch_groups_hold_at_most_20_ids_and_cover_every_name(policy: RetryPolicy) -> None:
     fake, names, values = stocked(45)
-    assert fetch_fragments(fake, names, policy) == values
+    assert fetch_fragments(SM, fake, names, policy) == values
     batches = [c["SecretIdList"] for c in fake.ops("batch_get_secret_value")]
     assert [len(b) for b in batches] == [20, 20, 5]
     assert [n for b in batches for n in b] == names
@@ -68,7 +72,7 @@ def test_batch_groups_hold_at_most_20_ids_and_cover_every_name(policy: RetryPoli
 
 def test_exactly_20_is_one_batch(policy: RetryPolicy) -> None:
     fake, names, values = stocked(20)
-    assert fetch_fragments(fake, names, policy) == values
+    assert fetch_fragments(SM, fake, names, policy) == values
     assert len(fake.ops("batch_get_secret_value")) == 1
 
 
@@ -76,7 +80,7 @@ def test_batch_error_entry_not_found_names_the_fragment(policy: RetryPolicy) -> 
     fake, names, _ = stocked(3)
     del fake.store[names[1]]
     with pytest.raises(FragmentMissing) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     assert info.value.fragment == names[1]
     assert names[1] in info.value.message
     assert "ResourceNotFoundException" in info.value.message
@@ -90,7 +94,7 @@ def test_batch_error_entry_decryption_failure_is_access_denied(policy: RetryPoli
         {"SecretId": names[0], "ErrorCode": "DecryptionFailure", "Message": "kms says no"}
     ]
     with pytest.raises(AccessDenied) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     assert info.value.fragment == names[0]
     assert "kms:Decrypt" in info.value.advice
 
@@ -110,7 +114,7 @@ def test_batch_error_entry_throttled_is_fetched_again_alone(policy: RetryPolicy)
         return resp
 
     fake.batch_get_secret_value = batch  # type: ignore[method-assign]
-    assert fetch_fragments(fake, names, policy) == values
+    assert fetch_fragments(SM, fake, names, policy) == values
     assert [c["SecretId"] for c in fake.ops("get_secret_value")] == [names[2]]
 
 
@@ -120,7 +124,7 @@ def test_batch_denied_or_unsupported_falls_back_to_get_secret_value(
 ) -> None:
     fake, names, values = stocked(25)
     fake.batch_error = client_error(code, "no batch for you", "BatchGetSecretValue")
-    assert fetch_fragments(fake, names, policy) == values
+    assert fetch_fragments(SM, fake, names, policy) == values
     gets = [c["SecretId"] for c in fake.ops("get_secret_value")]
     assert sorted(gets) == sorted(names)
     assert len(fake.ops("batch_get_secret_value")) == 1
@@ -128,7 +132,7 @@ def test_batch_denied_or_unsupported_falls_back_to_get_secret_value(
 
 def test_use_batch_false_never_calls_batch(policy: RetryPolicy) -> None:
     fake, names, values = stocked(3)
-    assert fetch_fragments(fake, names, policy, use_batch=False) == values
+    assert fetch_fragments(SM, fake, names, policy, use_batch=False) == values
     assert fake.ops("batch_get_secret_value") == []
 
 
@@ -136,7 +140,7 @@ def test_final_batch_client_error_is_reported_without_fallback(policy: RetryPoli
     fake, names, _ = stocked(2)
     fake.batch_error = client_error("ValidationException", "bad ids", "BatchGetSecretValue")
     with pytest.raises(AgentError) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     assert "ValidationException" in info.value.message
     assert fake.ops("get_secret_value") == []
     assert len(fake.ops("batch_get_secret_value")) == 1
@@ -148,7 +152,7 @@ def test_batch_failing_until_the_deadline_is_a_service_error(
     fake, names, _ = stocked(2)
     fake.batch_error = client_error("InternalServiceError", "boom", "BatchGetSecretValue")
     with pytest.raises(ServiceError) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     assert "InternalServiceError" in info.value.message
     assert len(fake.ops("batch_get_secret_value")) > 1
     assert clock.now - 1000.0 <= 30.0
@@ -159,7 +163,7 @@ def test_network_error_on_batch_is_a_service_error(policy: RetryPolicy) -> None:
     fake, names, _ = stocked(2)
     fake.batch_error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     with pytest.raises(ServiceError):
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
 
 
 # --- the GetSecretValue path ---------------------------------------------------------------
@@ -174,7 +178,7 @@ def test_get_secret_value_denied_is_access_denied_naming_the_fragment(
         "AccessDeniedException", "not authorized", "GetSecretValue", "req-77"
     )
     with pytest.raises(AccessDenied) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     err = info.value
     assert err.exit_code == 5
     assert err.fragment == names[2]
@@ -187,7 +191,7 @@ def test_bare_http_403_counts_as_access_denied(policy: RetryPolicy) -> None:
     fake, names, _ = stocked(1)
     fake.get_errors[names[0]] = http_403()
     with pytest.raises(AccessDenied) as info:
-        fetch_fragments(fake, names, policy, use_batch=False)
+        fetch_fragments(SM, fake, names, policy, use_batch=False)
     assert info.value.fragment == names[0]
 
 
@@ -195,7 +199,7 @@ def test_access_denied_is_retried_inside_the_boot_window(clock: FakeClock) -> No
     fake, names, values = stocked(1)
     fake.get_failures[names[0]] = [client_error("AccessDeniedException")] * 3
     window = RetryPolicy(Deadline(30.0, clock, clock.sleep), denied_until=clock() + 20.0)
-    assert fetch_fragments(fake, names, window, use_batch=False) == values
+    assert fetch_fragments(SM, fake, names, window, use_batch=False) == values
     assert len(fake.ops("get_secret_value")) == 4
 
 
@@ -203,7 +207,7 @@ def test_get_secret_value_missing_is_fragment_missing(policy: RetryPolicy) -> No
     fake, names, _ = stocked(2)
     del fake.store[names[0]]
     with pytest.raises(FragmentMissing) as info:
-        fetch_fragments(fake, names, policy, use_batch=False)
+        fetch_fragments(SM, fake, names, policy, use_batch=False)
     assert info.value.fragment == names[0]
 
 
@@ -212,7 +216,7 @@ def test_throttled_get_is_retried_with_the_injected_sleep(
 ) -> None:
     fake, names, values = stocked(2)
     fake.get_failures[names[1]] = [client_error("ThrottlingException")] * 4
-    assert fetch_fragments(fake, names, policy, use_batch=False) == values
+    assert fetch_fragments(SM, fake, names, policy, use_batch=False) == values
     gets = [c["SecretId"] for c in fake.ops("get_secret_value")]
     assert gets.count(names[1]) == 5
     assert len(clock.sleeps) == 4
@@ -224,7 +228,7 @@ def test_throttled_past_the_deadline_names_the_fragment(
     fake, names, _ = stocked(2)
     fake.get_errors[names[0]] = client_error("ThrottlingException", "rate", "GetSecretValue")
     with pytest.raises(ServiceError) as info:
-        fetch_fragments(fake, names, policy, use_batch=False)
+        fetch_fragments(SM, fake, names, policy, use_batch=False)
     assert info.value.fragment == names[0]
     assert "ThrottlingException" in info.value.message
     assert clock.now - 1000.0 <= 30.0
@@ -234,18 +238,18 @@ def test_secret_string_instead_of_binary_is_an_integrity_error(policy: RetryPoli
     fake, names, _ = stocked(2)
     fake.store[names[1]] = "H4sIAAAAAAAA"  # text, as a hand-made secret would be
     with pytest.raises(IntegrityError) as info:
-        fetch_fragments(fake, names, policy)
+        fetch_fragments(SM, fake, names, policy)
     assert info.value.fragment == names[1]
     assert "SecretBinary" in info.value.message
     with pytest.raises(IntegrityError):
-        fetch_fragments(fake, names, policy, use_batch=False)
+        fetch_fragments(SM, fake, names, policy, use_batch=False)
 
 
 def test_network_error_on_get_names_the_fragment(policy: RetryPolicy) -> None:
     fake, names, _ = stocked(2)
     fake.get_errors[names[1]] = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     with pytest.raises(ServiceError) as info:
-        fetch_fragments(fake, names, policy, use_batch=False)
+        fetch_fragments(SM, fake, names, policy, use_batch=False)
     assert info.value.fragment == names[1]
 
 
@@ -267,7 +271,7 @@ def test_network_error_on_get_names_the_fragment(policy: RetryPolicy) -> None:
 def test_error_for_maps_codes_to_exit_codes(
     code: str, kind: type[AgentError], exit_code: int
 ) -> None:
-    err = error_for("frag-0", code, "msg", "rid-1")
+    err = error_for(SM, "frag-0", code, "msg", "rid-1")
     assert type(err) is kind
     assert err.exit_code == exit_code
     assert err.fragment == "frag-0"

@@ -24,7 +24,6 @@ from sealboot_agent.stores import (
     UNANSWERED,
     IncompleteResponse,
     Listed,
-    Probed,
     error_code,
     http_status,
     is_denied,
@@ -242,7 +241,7 @@ def test_sm_probe_says_scheduled_for_deletion(sm: tuple[Any, Stubber]) -> None:
 def test_sm_probe_of_a_missing_secret(sm: tuple[Any, Stubber]) -> None:
     client, stub = sm
     stub.add_client_error("describe_secret", "ResourceNotFoundException")
-    assert SM.probe(client, [N1]) == [Probed(N1, MISSING)]
+    assert [p.state for p in SM.probe(client, [N1])] == [MISSING]
 
 
 def test_sm_encode_capa_slices_at_capa_size() -> None:
