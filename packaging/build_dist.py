@@ -337,16 +337,34 @@ def _service_arg(node: ast.Call, pos: int, keyword: str) -> ast.expr | None:
     return node.args[pos] if len(node.args) > pos else None
 
 
+def _store_services(modules: list[tuple[Path, ast.Module]]) -> set[str]:
+    """The string literals a class body assigns to ``service`` (each ``Store`` of stores.py)."""
+    found = set()
+    for _, tree in modules:
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for stmt in cls.body:
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "service" for t in stmt.targets)
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                ):
+                    found.add(stmt.value.value)
+    return found
+
+
 def agent_services(src: Path = AGENT_SRC) -> set[str]:
     """AWS service names the agent builds botocore clients for.
 
     Follows the service argument of botocore's ``create_client(service_name, ...)`` through the
     agent's own wrappers (a function that passes one of its parameters on, like
     ``make_client(session, service, ...)``) to the string literals its callers give
-    (``"ssm" if ssm else "secretsmanager"`` is fine). Any other expression stops the build, since
+    (``"ssm" if ssm else "secretsmanager"`` is fine), or to ``X.service``: then every literal a
+    class assigns to ``service`` (the stores) counts. Any other expression stops the build, since
     the models of the services not found here are left out of the artifact.
     """
     modules = list(_modules(src))
+    store_services = _store_services(modules)
     factories: dict[str, tuple[int, str]] = {"create_client": (0, "service_name")}
     while True:
         found: set[str] = set()
@@ -362,6 +380,9 @@ def agent_services(src: Path = AGENT_SRC) -> set[str]:
                 params = _positional_params(fn) if fn is not None else []
                 if isinstance(arg, ast.Name) and arg.id in params and fn is not None:
                     new[fn.name] = (params.index(arg.id), arg.id)  # a wrapper: follow its callers
+                    continue
+                if isinstance(arg, ast.Attribute) and arg.attr == "service" and store_services:
+                    found |= store_services
                     continue
                 values = [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]
                 for value in values:

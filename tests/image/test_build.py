@@ -337,6 +337,24 @@ def test_services_are_followed_through_the_agents_own_wrapper(tmp_path: Path) ->
     assert build_dist.agent_services(src) == {"ssm", "secretsmanager", "sts"}
 
 
+def test_a_stores_service_attribute_counts_every_store(tmp_path: Path) -> None:
+    src = write_agent(
+        tmp_path,
+        stores="""
+            class SecretsManagerStore:
+                service = "secretsmanager"
+            class SsmStore:
+                service = "ssm"
+        """,
+        run="""
+            def go(session, store):
+                return session.create_client(store.service)
+        """,
+    )
+
+    assert build_dist.agent_services(src) == {"ssm", "secretsmanager"}
+
+
 def test_a_service_name_that_is_not_a_literal_stops_the_build(tmp_path: Path) -> None:
     src = write_agent(
         tmp_path,
