@@ -58,6 +58,11 @@ printf 'Amazon EC2\n' >"$dmi/board_vendor"
 printf 'Amazon EC2\n' >"$dmi/chassis_asset_tag"
 printf 'Amazon EC2\n' >"$dmi/chassis_vendor"
 printf 't3.small\n' >"$dmi/product_name"
+# cloud-init 26.x asks systemd-detect-virt, which sees no VM in a chroot, and then believes only
+# a Xen-style /sys/hypervisor/uuid starting with "ec2": without it, EC2 crawls IMDS without a
+# token, which the strict IMDSv2 emulator refuses (as EC2 does when IMDSv2 is required).
+mkdir -p "$root/sys/hypervisor"
+printf '%s\n' "$uuid" >"$root/sys/hypervisor/uuid"
 mount -o remount,ro "$root/sys"
 
 now() { date +%s.%N; }

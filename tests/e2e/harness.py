@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from typing import Any
 from sealboot_agent.wire import Manifest
 from tests.e2e.agent_install import TargetPython, build_artifact, install_agent, root_python
 from tests.e2e.netns import IMDS_ADDRESS, SYSTEM_PATH, NetNamespace, tool
+from tests.e2e.releases import Release, release_ids, resolve, upstream_sources
 from tests.stack.imds import Hit
 from tests.stack.local import LocalStack
 
@@ -187,26 +189,34 @@ def unmount(target: Path) -> None:
 
 @dataclass(frozen=True)
 class Image:
-    """What an AMI is here: the cached rootfs plus read-only layers (the installed agent)."""
+    """What an AMI is here: the cached rootfs plus read-only layers (the installed agent, an
+    upstream cloud-init)."""
 
     rootfs: Rootfs
     layers: tuple[Path, ...]
     python: TargetPython | None  # the agent's interpreter, when the agent is installed
+    name: str = ""  # the release id it was made for (tests.e2e.releases), if not the suite
 
     @property
     def suite(self) -> str:
         return self.rootfs.suite
 
+    @property
+    def label(self) -> str:
+        """For timings and messages: the release id, else the suite."""
+        return self.name or self.rootfs.suite
+
     def lowerdirs(self) -> list[Path]:
         return [*self.layers, self.rootfs.path]
 
 
-def bake_image(rootfs: Rootfs, workdir: Path, pyz: Path) -> Image:
-    """Install the agent artifact *pyz* into a new layer over *rootfs*, as an image build
-    would (packaging/install.sh)."""
+def bake_image(rootfs: Rootfs, workdir: Path, pyz: Path, base: Image | None = None) -> Image:
+    """Install the agent artifact *pyz* into a new layer over *rootfs* (or over the image
+    *base*), as an image build would (packaging/install.sh)."""
     start = time.monotonic()
+    base = base or plain_image(rootfs)
     layer, work, mnt = workdir / "agent-layer", workdir / "bake-work", workdir / "bake-root"
-    mount_overlay([rootfs.path], layer, work, mnt)
+    mount_overlay(base.lowerdirs(), layer, work, mnt)
     try:
         target = root_python(mnt)
         install_agent(mnt, pyz)
@@ -214,8 +224,43 @@ def bake_image(rootfs: Rootfs, workdir: Path, pyz: Path) -> Image:
         unmount(mnt)
     shutil.rmtree(work)
     mnt.rmdir()
-    _timed(f"image {rootfs.suite} (install the agent)", start)
-    return Image(rootfs, (layer,), target)
+    _timed(f"image {base.label} (install the agent)", start)
+    return Image(base.rootfs, (layer, *base.layers), target, base.name)
+
+
+def upstream_cloudinit_layer(rootfs: Rootfs, tree: Path, workdir: Path) -> Path:
+    """A layer over *rootfs* whose ``cloudinit/`` package is upstream's from source *tree*
+    (an opaque directory: nothing of Debian's shows through), compiled by the rootfs's python3
+    so that no boot spends time on it."""
+    layer, work, mnt = workdir / "layer", workdir / "work", workdir / "root"
+    mount_overlay([rootfs.path], layer, work, mnt)
+    try:
+        package = mnt / "usr/lib/python3/dist-packages/cloudinit"
+        shutil.rmtree(package)
+        shutil.copytree(tree / "cloudinit", package, symlinks=True)
+        compile_ = [tool("chroot"), str(mnt), "/usr/bin/python3", "-m", "compileall", "-q"]
+        res = subprocess.run(
+            [*compile_, "/usr/lib/python3/dist-packages/cloudinit"],
+            env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"compileall of {tree.name}'s cloudinit/ failed:\n{res.stdout}")
+    finally:
+        unmount(mnt)
+    shutil.rmtree(work)
+    mnt.rmdir()
+    return layer
+
+
+def as_release(rootfs: Rootfs, release: Release, tree: Path) -> Rootfs:
+    """*rootfs* as seen through the upstream layer: its cloud-init is *release*'s."""
+    assert release.upstream is not None
+    info = {**rootfs.info, "cloud-init": release.upstream, "cloud-init-source": str(tree)}
+    return Rootfs(rootfs.suite, rootfs.path, info, rootfs.seconds)
 
 
 def plain_image(rootfs: Rootfs) -> Image:
@@ -234,13 +279,29 @@ def e2e_suites() -> list[str]:
     return suites
 
 
+@functools.cache
+def _release_ids() -> tuple[str, ...]:
+    return tuple(release_ids(e2e_suites(), NOTICES))
+
+
+def e2e_releases() -> list[str]:
+    """The cloud-init releases the tests boot, as image names for :class:`Images`: Debian's
+    suites, sid, and upstream releases over bookworm (:mod:`tests.e2e.releases`)."""
+    return list(_release_ids())
+
+
 class Images:
-    """Rootfs and baked images per suite, built once per run on first use."""
+    """Rootfs and baked images per release, built once per run on first use.
+
+    An image name is a Debian suite (``bookworm``, ``bookworm+awscli``) or a release id of
+    :mod:`tests.e2e.releases` (``24.4.1 (RHEL 9.6-10)``, ``24.4.1 (RHEL 9.6-10)+awscli``).
+    """
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self._rootfs: dict[str, Rootfs] = {}
         self._baked: dict[str, Image] = {}
+        self._upstream: dict[str, tuple[Path, Path]] = {}
         self._pyz: Path | None = None
 
     def rootfs(self, suite: str) -> Rootfs:
@@ -248,19 +309,39 @@ class Images:
             self._rootfs[suite] = build_rootfs(suite)
         return self._rootfs[suite]
 
-    def plain(self, suite: str) -> Image:
-        """The Debian rootfs with cloud-init and nothing of sealboot."""
-        return plain_image(self.rootfs(suite))
+    def upstream_layer(self, version: str) -> tuple[Path, Path]:
+        """Upstream *version*'s ``cloudinit/`` as a layer over bookworm (built once per run;
+        it fits ``bookworm+awscli`` too), and the source tree it came from."""
+        if version not in self._upstream:
+            start = time.monotonic()
+            tree = upstream_sources().tree(version)
+            layer = upstream_cloudinit_layer(
+                self.rootfs("bookworm"), tree, self.workdir / f"cloud-init-{version}"
+            )
+            _timed(f"upstream cloud-init {version} layer (copy, compileall)", start)
+            self._upstream[version] = (layer, tree)
+        return self._upstream[version]
 
-    def with_agent(self, suite: str) -> Image:
-        """The rootfs plus sealboot-agent installed as an image build would."""
-        if suite not in self._baked:
+    def plain(self, name: str) -> Image:
+        """The rootfs with cloud-init (upstream's for an upstream release), nothing of sealboot."""
+        release, extra = resolve(name)
+        rootfs = self.rootfs(release.suite + extra)
+        if release.upstream is None:
+            return Image(rootfs, (), None, name if name != rootfs.suite else "")
+        layer, tree = self.upstream_layer(release.upstream)
+        return Image(as_release(rootfs, release, tree), (layer,), None, name)
+
+    def with_agent(self, name: str) -> Image:
+        """The image plus sealboot-agent installed as an image build would."""
+        if name not in self._baked:
             if self._pyz is None:
                 start = time.monotonic()
                 self._pyz = build_artifact(self.workdir / "dist")
                 _timed("agent artifact (packaging/build_dist.py)", start)
-            self._baked[suite] = bake_image(self.rootfs(suite), self.workdir / suite, self._pyz)
-        return self._baked[suite]
+            base = self.plain(name)
+            workdir = self.workdir / re.sub(r"[^A-Za-z0-9.+-]+", "_", name)
+            self._baked[name] = bake_image(base.rootfs, workdir, self._pyz, base)
+        return self._baked[name]
 
 
 # --- the instance's network and the AWS stack ------------------------------------------------
@@ -466,6 +547,16 @@ class BootResult:
         return "\n".join(parts)
 
 
+def expected_cloud_init(image: Image) -> str:
+    """The cloud-init version *image* must run: Debian's upstream part, or the swapped release."""
+    return image.rootfs.cloud_init_version.split("-")[0]
+
+
+def cloud_init_versions(result: BootResult) -> set[str]:
+    """Every version cloud-init announced in cloud-init-output.log (one per stage and boot)."""
+    return set(re.findall(r"^Cloud-init v\. (\S+) ", result.output_log, re.M))
+
+
 _PROBLEM_RE = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback")
 
 
@@ -616,7 +707,7 @@ class Instance:
             ),
             timeout,
         )
-        seconds = _timed(f"boot {self.image.suite} (four stages)", start)
+        seconds = _timed(f"boot {self.image.label} (four stages)", start)
         if res.returncode != 0:
             raise RuntimeError(f"boot.sh exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
         stages = []

@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.agent_install import build_dist
-from tests.e2e.harness import Images, Instance, InstanceNetwork, NewInstance, e2e_suites
+from tests.e2e.harness import (
+    Images,
+    Instance,
+    InstanceNetwork,
+    NewInstance,
+    cloud_init_versions,
+    e2e_releases,
+    expected_cloud_init,
+)
 from tests.e2e.test_harness import assert_clean_boot, assert_no_secret
 
 pytestmark = pytest.mark.e2e
 
-SUITES = e2e_suites()
+SUITES = e2e_releases()
 CONFIG = """\
 # sealboot datasource: EC2 through IMDSv2, sealed user data unsealed before cloud-init reads it.
 datasource_list: [Sealboot, None]
@@ -83,6 +91,7 @@ def test_sealed_user_data_takes_full_effect_on_the_first_pass(
     result = inst.boot()
 
     assert_clean_boot(result)
+    assert cloud_init_versions(result) == {expected_cloud_init(inst.image)}
     assert inst.read_text("/var/lib/e2e/bootcmd") == f"bootcmd {inst.instance_id}\n"
     assert inst.read_text("/var/lib/e2e/runcmd") == "first\nsecond\n", "merge_how applied"
     assert inst.read_text("/etc/e2e/secret") == f"{secret}\n"
@@ -120,5 +129,6 @@ def test_unsealed_user_data_behaves_like_stock_ec2(
     result = inst.boot()
 
     assert_clean_boot(result)
+    assert cloud_init_versions(result) == {expected_cloud_init(inst.image)}
     assert inst.read_text("/etc/e2e/plain") == "plain"
     assert "sealboot-agent[" not in result.output_log

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Images, InstanceNetwork, NewInstance, e2e_suites
+from tests.e2e.harness import (
+    Images,
+    InstanceNetwork,
+    NewInstance,
+    cloud_init_versions,
+    e2e_releases,
+    expected_cloud_init,
+)
+from tests.e2e.releases import UPSTREAM
 from tests.e2e.test_harness import (
     assert_clean_boot,
     assert_no_secret,
@@ -17,9 +25,16 @@ from tests.e2e.test_harness import (
     sealed_payload,
 )
 
-SUITES = e2e_suites()
-# The fallback needs the AWS CLI v2 in the image: Debian's awscli from bookworm on.
-FALLBACK_SUITES = [s for s in SUITES if s != "bullseye"]
+SUITES = e2e_releases()
+# The fallback needs the AWS CLI v2 in the image: Debian's awscli from bookworm on (the rootfs
+# "SUITE+awscli"); upstream releases run in bookworm+awscli. 22.2.2 stands for Amazon Linux 2023,
+# whose AMIs ship the AWS CLI v2; 24.4.1 for RHEL 9.6/10. sid has no awscli rootfs (a build of
+# its own for no new code path).
+FALLBACK_SUITES = [
+    s
+    for s in SUITES
+    if s in ("bookworm", "trixie") or s in (UPSTREAM["22.2.2"].id, UPSTREAM["24.4.1"].id)
+]
 
 
 @pytest.mark.e2e
@@ -44,6 +59,7 @@ def test_a_missing_fragment_fails_loudly_and_keeps_the_rest(
 
     # cloud-init only logs a failing boothook; sealboot's failing user script makes it an error.
     assert result.status == "error", result.describe()
+    assert cloud_init_versions(result) == {expected_cloud_init(inst.image)}
     assert f"fragment {gone} does not exist" in result.output_log
     assert "what to do:" in result.output_log
     assert "sealboot: fragment" in result.output_log  # the failing user script says it again
@@ -65,6 +81,7 @@ def test_aws_cli_fallback_on_an_image_without_the_agent(
     result = inst.boot()
 
     assert_clean_boot(result)
+    assert cloud_init_versions(result) == {expected_cloud_init(inst.image)}
     assert "fetching 1 fragment(s) with the AWS CLI" in result.output_log
     assert inst.read_text("/var/lib/e2e/script").startswith("script ")
     assert inst.read_text("/var/lib/e2e/runcmd").startswith("runcmd ")
