@@ -1,8 +1,8 @@
-"""Secrets Manager clients for the controller side, with botocore's standard retries.
+"""AWS clients for the controller side; botocore's retries are the toolkit's only retry layer.
 
 Example::
 
-    >>> client = secrets_client(region="eu-west-1", endpoint_url=None)
+    >>> client = aws_client("secretsmanager", region="eu-west-1", endpoint_url=None)
 """
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sealboot.errors import AccessDenied, AwsError, SealbootError
 from sealboot_agent import __version__
+from sealboot_agent.stores import KMS, error_code, http_status, is_denied, request_id
 
 Client = Any
 
 log = logging.getLogger(__name__)
-
-_DENIED = {
-    "AccessDeniedException",
-    "AccessDenied",
-    "UnauthorizedOperation",
-    "KMSAccessDeniedException",
-}
 
 
 def aws_client(
@@ -36,7 +30,8 @@ def aws_client(
     max_attempts: int = 8,
     workers: int = 1,
 ) -> Client:
-    """A boto3 client with botocore's retries (throttling, 5xx, timeouts).
+    """A boto3 client with botocore's retries (throttling, 5xx, timeouts): nothing in the
+    toolkit retries on top, so *max_attempts* bounds every call.
 
     For bulk sealing, make ONE client with ``workers`` = the number of threads and share it:
     botocore's ``adaptive`` mode then rate-limits all threads together against the API quota,
@@ -66,6 +61,7 @@ def aws_client(
         )
     except BotoCoreError as exc:  # no region, an unknown endpoint, half a key pair
         raise wrap(exc, f"setting up the {service} client") from exc
+    client.meta.events.register("after-call", _log_answer, unique_id="sealboot-log-answer")
     if log.isEnabledFor(logging.DEBUG):
         # The client resolved its credentials already; read what it found rather than ask the
         # session again, which would search every provider (IMDS included) a second time.
@@ -80,34 +76,30 @@ def aws_client(
     return client
 
 
-def secrets_client(
-    *, region: str | None, endpoint_url: str | None, max_attempts: int = 8
-) -> Client:
-    return aws_client(
-        "secretsmanager", region=region, endpoint_url=endpoint_url, max_attempts=max_attempts
+def _log_answer(http_response: Any = None, parsed: Any = None, model: Any = None, **_: Any) -> None:
+    """botocore's after-call hook, on every answer (errors too): its request id on -v, so no
+    call site has to dig it out; never the body, which may hold a secret."""
+    log.debug(
+        "%s: HTTP %s, request id %s",
+        getattr(model, "name", "?"),
+        getattr(http_response, "status_code", "?"),
+        request_id(parsed) or "-",
     )
-
-
-def request_id(response: Any) -> str:
-    """The AWS request id of a response (or ``-``), for -v lines and error messages."""
-    meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
-    return str(meta.get("RequestId") or "-")
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def wrap(exc: Exception, doing: str) -> SealbootError:
     """Turn a botocore failure into the toolkit error a user can act on."""
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        rid = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-        text = f"{doing}: {err.get('Code')}: {_short(err.get('Message'))}"
-        if rid:
-            text += f" (request id {rid})"
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        denied = err.get("Code") in _DENIED or status == 403
+        code, meta = error_code(exc), exc.response.get("ResponseMetadata", {})
+        text = f"{doing}: {code}: {_short(exc.response.get('Error', {}).get('Message'))}"
+        notes = [f"request id {meta['RequestId']}"] if meta.get("RequestId") else []
+        if meta.get("RetryAttempts"):
+            # botocore's retries are the only ones: say that they ran out, not just the code.
+            notes.append(f"gave up after {int(meta['RetryAttempts']) + 1} attempts")
+        if notes:
+            text += f" ({'; '.join(notes)})"
+        # To the controller a KMS refusal is a permission to grant, like any other denial.
+        denied = is_denied(code, http_status(exc)) or code in KMS or http_status(exc) == 403
         return AccessDenied(text) if denied else AwsError(text)
     if isinstance(exc, BotoCoreError):
         return AwsError(f"{doing}: {_short(exc)}")

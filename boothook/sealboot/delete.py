@@ -17,9 +17,10 @@ from typing import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, aws_client, error_code, request_id, wrap
-from sealboot.errors import NOTHING_DELETED, SealbootError
-from sealboot_agent.wire import BACKEND_SSM, SSM_BATCH_MAX, Manifest
+from sealboot.aws import Client, aws_client, wrap
+from sealboot.errors import NOTHING_DELETED, AwsError, SealbootError
+from sealboot_agent.stores import ALREADY_GONE, DELETED, STORES, Store
+from sealboot_agent.wire import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Deletion:
 
 
 def delete_fragments(
-    backend: str,
+    store: Store,
     client: Client,
     names: Sequence[str],
     *,
@@ -49,45 +50,26 @@ def delete_fragments(
 
     Example::
 
-        >>> delete_fragments("secrets-manager", client, ["aws.cluster.x-k8s.io/u-0"]).gone
-        ['aws.cluster.x-k8s.io/u-0']
+        >>> delete_fragments(STORES["ssm"], client, ["/cluster.x-k8s.io/u/0"]).gone
+        ['/cluster.x-k8s.io/u/0']
     """
     out = Deletion()
-    step = SSM_BATCH_MAX if backend == BACKEND_SSM else 1
-    for start in range(0, len(names), step):
-        batch = list(names[start : start + step])
+    for batch in store.batches(names, store.delete_max):
         started = time.monotonic()
         try:
-            if backend == BACKEND_SSM:
-                resp = client.delete_parameters(Names=batch)
-                done = set(resp.get("DeletedParameters", []))
-                absent = set(resp.get("InvalidParameters", []))
-            else:
-                resp = client.delete_secret(SecretId=batch[0], ForceDeleteWithoutRecovery=True)
-                done, absent = set(batch), set()
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                resp, done, absent = {}, set(), set(batch)
-            else:
-                out.failed.update(dict.fromkeys(batch, wrap(exc, f"deleting {batch[0]}")))
-                resp, done, absent = {}, set(), set()
-        except BotoCoreError as exc:
+            result = store.delete(client, batch)
+        except (ClientError, BotoCoreError) as exc:
             out.failed.update(dict.fromkeys(batch, wrap(exc, f"deleting {batch[0]}")))
-            resp, done, absent = {}, set(), set()
+            result = {}
+        elapsed = (time.monotonic() - started) * 1000
         for name in batch:
-            if name in done:
+            if result.get(name) == DELETED:
+                log.debug("deleted %s in %.0f ms (%s)", name, elapsed, store.delete_operation)
                 out.deleted.append(name)
-            elif name in absent:
+            elif result.get(name) == ALREADY_GONE:
                 out.already_gone.append(name)
             elif name not in out.failed:
-                out.failed[name] = SealbootError(f"deleting {name}: AWS did not report it")
-        log.debug(
-            "deleted %d of %d name(s) in %.0f ms, request id %s",
-            len(done),
-            len(batch),
-            (time.monotonic() - started) * 1000,
-            request_id(resp),
-        )
+                out.failed[name] = AwsError(f"deleting {name}: AWS did not report it")
         if progress is not None:
             progress(len(batch))
     return out
@@ -104,10 +86,11 @@ def delete(
 
     On failure the error's ``outcome`` says which fragments are gone and which are left.
     """
+    store = STORES[manifest.backend]
     if client is None:
         try:
             client = aws_client(
-                "ssm" if manifest.backend == BACKEND_SSM else "secretsmanager",
+                store.service,
                 region=region or manifest.region,
                 endpoint_url=endpoint_url or manifest.endpoint_url,
                 use_fips=manifest.use_fips,
@@ -115,7 +98,7 @@ def delete(
         except SealbootError as exc:
             exc.outcome = NOTHING_DELETED
             raise
-    result = delete_fragments(manifest.backend, client, manifest.fragments)
+    result = delete_fragments(store, client, manifest.fragments)
     for name in result.deleted:
         log.info("%s: deleted", name)
     for name in result.already_gone:

@@ -13,7 +13,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, error_code, wrap
+from sealboot.aws import Client, wrap
+from sealboot_agent.stores import error_code
 
 # DescribeInstances takes at most 200 values per filter.
 _EC2_FILTER_MAX = 200

@@ -1,104 +1,63 @@
-"""List the fragments in a store: ListSecrets, or DescribeParameters plus each one's tags.
+"""List the fragments in a store (through its Store: ListSecrets, or DescribeParameters plus
+each name's tags), keeping those that are ours and in scope.
 
 Example::
 
-    >>> found, ignored = list_secret_fragments(client, cluster="c1")
+    >>> found, ignored = list_fragments(STORES["secrets-manager"], client, cluster="c1")
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sealboot.aws import Client, error_code, wrap
+from sealboot.aws import Client, wrap
 from sealboot.errors import AccessDenied
 from sealboot.fragments import Fragment, identify, in_scope, utc_or_none
-from sealboot.names import CLUSTER_TAG_PREFIX, default_root, tag_map
-from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, FORMAT_CAPA
+from sealboot.names import CLUSTER_TAG_PREFIX, default_root
+from sealboot_agent.stores import Store
+from sealboot_agent.wire import FORMAT_CAPA
 
 log = logging.getLogger(__name__)
 
 
-def list_secret_fragments(
+def list_fragments(
+    store: Store,
     client: Client,
     *,
     namespace: str | None = None,
     cluster: str | None = None,
     root: str | None = None,
-    page_size: int = 100,
+    page_size: int | None = None,
 ) -> tuple[list[Fragment], int]:
-    """Every Secrets Manager fragment in scope (ListSecrets, paginated), and how many others
-    under the root were ignored."""
-    root = root or default_root(BACKEND_SECRETS_MANAGER)
-    filters: list[dict[str, Any]] = [{"Key": "name", "Values": [root.rstrip("/") + "/"]}]
-    if cluster is not None:
-        filters.append({"Key": "tag-key", "Values": [CLUSTER_TAG_PREFIX + cluster]})
+    """Every fragment of ours in scope under the root, and how many others there were ignored.
+
+    Example::
+
+        >>> list_fragments(STORES["ssm"], ssm, cluster="c1")[1]
+        0
+    """
+    root = root or default_root(store.backend)
+    tag_key = None if cluster is None else CLUSTER_TAG_PREFIX + cluster
+    pages = {} if page_size is None else {"page_size": page_size}
     found: list[Fragment] = []
+    untagged: list[Fragment] = []
     ignored = 0
-    pages = client.get_paginator("list_secrets").paginate(
-        Filters=filters, PaginationConfig={"PageSize": page_size}
-    )
     try:
-        for page in pages:
-            for item in page.get("SecretList", []):
-                frag = identify(
-                    BACKEND_SECRETS_MANAGER,
-                    item["Name"],
-                    tag_map(item.get("Tags")),
-                    utc_or_none(item.get("CreatedDate")),
-                    root=root,
-                )
-                if frag is None:
-                    ignored += 1
-                elif in_scope(frag, namespace, cluster):
-                    found.append(frag)
+        for item in store.list_fragments(client, root, tag_key=tag_key, **pages):
+            created = utc_or_none(item.created)
+            frag = identify(store.backend, item.name, item.tags, created, root=root)
+            if frag is None:
+                ignored += 1
+            elif in_scope(frag, namespace, cluster):
+                (found if item.tags is not None else untagged).append(frag)
     except (ClientError, BotoCoreError) as exc:
-        raise wrap(exc, "listing secrets") from exc
-    return found, ignored
-
-
-def list_parameter_fragments(
-    client: Client,
-    *,
-    namespace: str | None = None,
-    cluster: str | None = None,
-    root: str | None = None,
-    page_size: int = 50,
-) -> tuple[list[Fragment], int]:
-    """Every SSM fragment in scope (DescribeParameters under the root, recursive, paginated;
-    tags by ListTagsForResource), and how many others under the root were ignored."""
-    root = root or default_root(BACKEND_SSM)
-    candidates: list[Fragment] = []
-    ignored = 0
-    pages = client.get_paginator("describe_parameters").paginate(
-        ParameterFilters=[{"Key": "Path", "Option": "Recursive", "Values": [root.rstrip("/")]}],
-        PaginationConfig={"PageSize": page_size},
-    )
-    try:
-        for page in pages:
-            for item in page.get("Parameters", []):
-                frag = identify(
-                    BACKEND_SSM,
-                    item["Name"],
-                    None,
-                    utc_or_none(item.get("LastModifiedDate")),
-                    root=root,
-                )
-                if frag is None:
-                    ignored += 1
-                elif in_scope(frag, namespace, cluster):
-                    candidates.append(frag)
-    except (ClientError, BotoCoreError) as exc:
-        raise wrap(exc, "listing parameters") from exc
-    found = []
-    for cand in candidates:
+        raise wrap(exc, f"listing the {store.service} fragments under {root}") from exc
+    for cand in untagged:  # the listing carried no tags (SSM): the name shape let these in
         try:
-            resp = client.list_tags_for_resource(ResourceType="Parameter", ResourceId=cand.name)
+            tags = store.tags(client, cand.name)
         except (ClientError, BotoCoreError) as exc:
-            if isinstance(exc, ClientError) and error_code(exc) == "InvalidResourceId":
-                continue  # deleted since it was listed
             err = wrap(exc, f"reading the tags of {cand.name}")
             if isinstance(err, AccessDenied) and cand.format == FORMAT_CAPA:
                 # A cluster-scoped controller may not read other names; a CAPA name says no
@@ -107,9 +66,9 @@ def list_parameter_fragments(
                 ignored += 1
                 continue
             raise err from exc
-        frag = identify(
-            BACKEND_SSM, cand.name, tag_map(resp.get("TagList")), cand.created, root=root
-        )
+        if tags is None:
+            continue  # deleted since it was listed
+        frag = identify(store.backend, cand.name, tags, cand.created, root=root)
         if frag is None:
             ignored += 1
         elif in_scope(frag, namespace, cluster):

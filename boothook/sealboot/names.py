@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, overload
 
@@ -147,14 +147,14 @@ def fragment_tags(
     fmt: str,
     expires: datetime.datetime,
     extra: Sequence[tuple[str, str]] = (),
-) -> list[dict[str, str]]:
+) -> dict[str, str]:
     """The tags seal puts on every fragment; *extra* may not override sealboot's own keys.
 
     Example::
 
         >>> fragment_tags(cluster="c1", machine="m0", namespace="ns", role="node",
-        ...               fmt="native", expires=now)[0]["Key"]
-        'sigs.k8s.io/cluster-api-provider-aws/cluster/c1'
+        ...               fmt="native", expires=now)["Name"]
+        'm0'
     """
     tags = {
         CLUSTER_TAG.format(cluster=cluster): "owned",
@@ -168,12 +168,7 @@ def fragment_tags(
         if key.startswith(RESERVED_TAG_PREFIXES) or key == "Name":
             raise InputError(f"tag {key!r} is set by sealboot itself and cannot be overridden")
         tags[key] = value
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-def tag_map(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
-    """AWS's ``[{"Key": k, "Value": v}]`` as a dict."""
-    return {t["Key"]: t.get("Value", "") for t in tags or ()}
+    return tags
 
 
 def clusters_in(tags: Mapping[str, str]) -> list[str]:

@@ -16,11 +16,11 @@ What each role needs, and why (read from the code that makes the calls):
 - node, SSM: the agent uses GetParameters/DeleteParameters (batches of 10), the bash fallback
   GetParameter/DeleteParameter.
 - controller, Secrets Manager: seal calls CreateSecret (with Tags, which also needs TagResource)
-  and DeleteSecret (force-delete before a retry, undo); delete calls DeleteSecret; sweep calls
+  and DeleteSecret (undo); delete calls DeleteSecret; sweep calls
   ListSecrets (no resource type), DeleteSecret and ec2:DescribeInstances; tag-instance calls
   TagResource.
-- controller, SSM: seal calls PutParameter (with Tags: AddTagsToResource) and DeleteParameter;
-  delete and sweep call DeleteParameters; sweep calls DescribeParameters (no resource type),
+- controller, SSM: seal calls PutParameter (with Tags: AddTagsToResource) and DeleteParameters
+  (undo); delete and sweep call DeleteParameters; sweep calls DescribeParameters (no resource type),
   ListTagsForResource and ec2:DescribeInstances; tag-instance calls AddTagsToResource.
 - a customer KMS key: Secrets Manager envelope-encrypts (GenerateDataKey on write, Decrypt on
   read; AWS documents both for writers). Parameter Store encrypts Standard parameters directly
@@ -39,16 +39,16 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sealboot.errors import InputError
-from sealboot.names import EXPIRY_TAG, component
+from sealboot.names import EXPIRY_TAG, component, default_root
+from sealboot_agent.stores import STORES
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
     BACKENDS,
-    DEFAULT_ROOT,
-    DEFAULT_SSM_ROOT,
     REGION_RE,
     WireError,
     check_parameter_name,
+    check_secret_name,
 )
 
 ROLE_NODE = "node"
@@ -80,7 +80,6 @@ CONTROLLER_ACTIONS: dict[str, tuple[str, ...]] = {
     BACKEND_SECRETS_MANAGER: ("secretsmanager:DeleteSecret", "secretsmanager:TagResource"),
     BACKEND_SSM: (
         "ssm:AddTagsToResource",
-        "ssm:DeleteParameter",
         "ssm:DeleteParameters",
         "ssm:ListTagsForResource",
     ),
@@ -98,7 +97,10 @@ CONTROLLER_KMS_ACTIONS: dict[str, tuple[str, ...]] = {
     BACKEND_SECRETS_MANAGER: ("kms:Decrypt", "kms:GenerateDataKey"),
     BACKEND_SSM: ("kms:Encrypt", "kms:GenerateDataKey"),
 }
-_SERVICE = {BACKEND_SECRETS_MANAGER: "secretsmanager", BACKEND_SSM: "ssm"}
+# A parameter ARN holds the name without its leading "/" ({bare}).
+_ARN_RESOURCE = {BACKEND_SECRETS_MANAGER: "secret:{name}", BACKEND_SSM: "parameter/{bare}"}
+_CHECK_NAME = {BACKEND_SECRETS_MANAGER: check_secret_name, BACKEND_SSM: check_parameter_name}
+_WORD = {BACKEND_SECRETS_MANAGER: "Secrets", BACKEND_SSM: "Parameters"}
 _CONTEXT_KEY = {
     BACKEND_SECRETS_MANAGER: "kms:EncryptionContext:SecretARN",
     BACKEND_SSM: "kms:EncryptionContext:PARAMETER_ARN",
@@ -193,17 +195,15 @@ class Scope:
             account=account or "*",
             kms_key_arn=kms_key_arn,
         )
-        if backend == BACKEND_SSM:
-            try:
-                check_parameter_name(scope.prefix() + "/x")
-            except WireError as exc:
-                raise InputError(str(exc)) from exc
+        try:
+            _CHECK_NAME[backend](scope.prefix() + "/x")
+        except WireError as exc:
+            raise InputError(str(exc)) from exc
         return scope
 
     def prefix(self) -> str:
         """The fragment-name prefix this scope covers, without a trailing ``/``."""
-        root = DEFAULT_SSM_ROOT if self.backend == BACKEND_SSM else DEFAULT_ROOT
-        parts = [root.rstrip("/")]
+        parts = [default_root(self.backend).rstrip("/")]
         if self.namespace is not None:
             parts.append(self.namespace)
             if self.cluster is not None:
@@ -244,10 +244,8 @@ def fragment_arn(
         >>> fragment_arn("ssm", "/cluster.x-k8s.io/ns/c/*", partition="aws-cn")
         'arn:aws-cn:ssm:*:*:parameter/cluster.x-k8s.io/ns/c/*'
     """
-    if backend == BACKEND_SSM:
-        # A parameter ARN holds the name without its leading "/".
-        return f"arn:{partition}:ssm:{region}:{account}:parameter/{name.lstrip('/')}"
-    return f"arn:{partition}:secretsmanager:{region}:{account}:secret:{name}"
+    resource = _ARN_RESOURCE[backend].format(name=name, bare=name.lstrip("/"))
+    return f"arn:{partition}:{STORES[backend].service}:{region}:{account}:{resource}"
 
 
 def _dns_suffixes(partition: str) -> tuple[str, ...]:
@@ -259,7 +257,7 @@ def _dns_suffixes(partition: str) -> tuple[str, ...]:
 
 
 def _via_service(backend: str, partition: str, region: str) -> str | list[str]:
-    values = [f"{_SERVICE[backend]}.{region}.{s}" for s in _dns_suffixes(partition)]
+    values = [f"{STORES[backend].service}.{region}.{s}" for s in _dns_suffixes(partition)]
     return values[0] if len(values) == 1 else values
 
 
@@ -294,7 +292,7 @@ def _statement(sid: str, actions: tuple[str, ...], resource: str, **extra: Any) 
 
 
 def _backend_word(scope: Scope) -> str:
-    return "Secrets" if scope.backend == BACKEND_SECRETS_MANAGER else "Parameters"
+    return _WORD[scope.backend]
 
 
 def node_policy(
@@ -412,12 +410,12 @@ def policy_notes(role: str, scope: Scope) -> list[str]:
             f"no --cluster: the policy covers every cluster in namespace {scope.namespace}"
         )
     if not scope.whole_root:
-        capa_prefix = (DEFAULT_SSM_ROOT if scope.backend == BACKEND_SSM else DEFAULT_ROOT) + "/"
+        capa_prefix = default_root(scope.backend) + "/"
         notes.append(
             f"CAPA-format fragments ({capa_prefix}<uuid>...) carry no namespace or cluster in "
             "their name and are not covered; generate without --namespace/--cluster for them"
         )
-    if role == ROLE_NODE and scope.backend == BACKEND_SECRETS_MANAGER:
+    if role == ROLE_NODE and NODE_UNSCOPED_ACTIONS[scope.backend]:
         notes.append(
             "secretsmanager:BatchGetSecretValue has no resource type, so it is granted on '*'; "
             "AWS still checks GetSecretValue on every secret in the batch"

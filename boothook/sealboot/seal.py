@@ -10,10 +10,8 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import datetime
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,28 +20,24 @@ from typing import Any, Callable
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from sealboot.aws import Client, aws_client, error_code, request_id, wrap
+from sealboot.aws import Client, aws_client, wrap
+from sealboot.delete import delete_fragments
 from sealboot.errors import NOTHING_CREATED, InputError, SealbootError
 from sealboot.names import CLUSTER_TAG, TAG_KEY_MAX, component, fragment_names, fragment_tags
 from sealboot_agent import __version__
+from sealboot_agent.stores import EXISTS, STORES, Store, error_code, request_id
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
     BACKEND_SSM,
-    CAPA_FRAGMENT_SIZE,
-    CAPA_SSM_FRAGMENT_SIZE,
     FORMAT_CAPA,
     FORMAT_NATIVE,
     MAX_FRAGMENTS,
     REGION_RE,
-    SECRETS_MANAGER_MAX_VALUE,
-    SSM_ADVANCED_MAX,
-    SSM_STANDARD_MAX,
     Manifest,
     WireError,
     check_endpoint_url,
     gzip_deterministic,
     sha256_hex,
-    split,
 )
 
 log = logging.getLogger(__name__)
@@ -68,23 +62,9 @@ class SealConfig:
     format: str = FORMAT_NATIVE
     root: str | None = None  # default: DEFAULT_ROOT, or DEFAULT_SSM_ROOT for ssm
     ttl_seconds: int = DEFAULT_TTL
-    deadline: float = 120.0
     backend: str = BACKEND_SECRETS_MANAGER
     tier: str = "standard"  # ssm only: standard (4 KB values) or advanced (8 KB)
     use_fips: bool = False
-
-
-def _chunks(cfg: SealConfig, stream: bytes) -> list[bytes]:
-    """Fragment values: raw gzip slices for Secrets Manager, base64 text slices for SSM."""
-    if cfg.backend != BACKEND_SSM:
-        size = CAPA_FRAGMENT_SIZE if cfg.format == FORMAT_CAPA else SECRETS_MANAGER_MAX_VALUE
-        return split(stream, size)
-    text = base64.b64encode(stream)
-    if cfg.format == FORMAT_CAPA:
-        size = CAPA_SSM_FRAGMENT_SIZE
-    else:
-        size = SSM_ADVANCED_MAX if cfg.tier == "advanced" else SSM_STANDARD_MAX
-    return split(text, size)
 
 
 # Per thread: did an attempt of the current call go out and get no answer? botocore retries
@@ -112,83 +92,57 @@ def _watch(client: Client) -> bool:
 
 
 class _Creator:
-    """Creates fragments one by one and remembers them, so a failure can undo its own work."""
+    """Creates fragments one by one and remembers them, so a failure can undo its own work.
 
-    def __init__(
-        self,
-        client: Client,
-        cfg: SealConfig,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-    ):
+    Each create is one call: botocore retries it (throttling, 5xx, timeouts) and nothing here
+    retries on top.
+    """
+
+    def __init__(self, store: Store, client: Client, cfg: SealConfig, clock: Callable[[], float]):
+        self.store = store
         self.client = client
         self.cfg = cfg
         self.clock = clock
-        self.sleep = sleep
         self.created: list[str] = []
         # Creates that failed without an answer: they may have happened server-side.
         self.uncertain: list[str] = []
-        self.end = clock() + cfg.deadline
         self.watching = _watch(client)
 
-    def create(
-        self, name: str, data: bytes, tags: list[dict[str, str]], index: int, total: int
-    ) -> None:
-        ssm = self.cfg.backend == BACKEND_SSM
-        description = f"sealboot fragment {index + 1}/{total}; deleted at first boot"
-        kwargs: dict[str, Any] = {"Name": name, "Tags": tags, "Description": description}
-        if ssm:
-            kwargs.update(
-                Value=data.decode("ascii"),
-                Type="SecureString",
-                Tier="Advanced" if self.cfg.tier == "advanced" else "Standard",
+    def create(self, name: str, data: bytes, tags: dict[str, str], index: int, total: int) -> None:
+        started = self.clock()
+        _attempts.unanswered = False
+        try:
+            resp = self.store.create(
+                self.client,
+                name,
+                data,
+                tags=tags,
+                description=f"sealboot fragment {index + 1}/{total}; deleted at first boot",
+                kms_key_id=self.cfg.kms_key_id,
+                tier=self.cfg.tier,
             )
-            if self.cfg.kms_key_id:
-                kwargs["KeyId"] = self.cfg.kms_key_id
-        else:
-            kwargs["SecretBinary"] = data
-            if self.cfg.kms_key_id:
-                kwargs["KmsKeyId"] = self.cfg.kms_key_id
-        attempt = 0
-        while True:
-            started = self.clock()
-            _attempts.unanswered = False
-            try:
-                if ssm:
-                    resp = self.client.put_parameter(**kwargs)
-                else:
-                    resp = self.client.create_secret(**kwargs)
-                self.created.append(name)
-                log.debug(
-                    "created fragment %d/%d %s (%d bytes) in %.0f ms, request id %s",
-                    index + 1,
-                    total,
-                    name,
-                    len(data),
-                    (self.clock() - started) * 1000,
-                    request_id(resp),
-                )
-                return
-            except ClientError as exc:
-                if error_code(exc) not in ("ResourceExistsException", "ParameterAlreadyExists"):
-                    self._maybe_created(name, exc)
-                    raise
-                # A timed-out create that did succeed, or a name being recreated: as CAPA does,
-                # force-delete and retry; the delete is asynchronous, so back off.
-                log.info("fragment %s already exists; force-deleting and retrying", name)
-                self._force_delete(name)
-            except BotoCoreError as exc:
+        except ClientError as exc:
+            if error_code(exc) not in EXISTS:
                 self._maybe_created(name, exc)
                 raise
-            delay = random.uniform(0, min(5.0, 0.25 * 2**attempt))  # noqa: S311 - jitter
-            if self.clock() + delay > self.end:
-                raise SealbootError(
-                    f"could not create {name} before the deadline: it keeps "
-                    "existing after force-delete",
-                    hint="something else keeps creating this name; find it, then run again",
-                )
-            self.sleep(delay)
-            attempt += 1
+            # The name is new (a random token or UUID), so only this call can have made it: an
+            # attempt that botocore retried after no answer did in fact create it.
+            log.info("fragment %s exists: an unanswered attempt of this create made it", name)
+            self.created.append(name)
+            return
+        except BotoCoreError as exc:
+            self._maybe_created(name, exc)
+            raise
+        self.created.append(name)
+        log.debug(
+            "created fragment %d/%d %s (%d bytes) in %.0f ms, request id %s",
+            index + 1,
+            total,
+            name,
+            len(data),
+            (self.clock() - started) * 1000,
+            request_id(resp) or "-",
+        )
 
     def _maybe_created(self, name: str, exc: Exception) -> None:
         """Remember *name* for the undo when its failed create may still have happened."""
@@ -200,32 +154,17 @@ class _Creator:
             log.debug("the create of %s may have happened server-side; checking in the undo", name)
             self.uncertain.append(name)
 
-    def _force_delete(self, name: str) -> bool:
-        """Delete *name*; False when it did not exist."""
-        try:
-            if self.cfg.backend == BACKEND_SSM:
-                resp = self.client.delete_parameter(Name=name)
-            else:
-                resp = self.client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
-        except ClientError as exc:
-            if error_code(exc) not in ("ResourceNotFoundException", "ParameterNotFound"):
-                raise
-            return False
-        log.debug("deleted %s, request id %s", name, request_id(resp))
-        return True
-
     def undo(self) -> Undone:
         """Delete what this run created, or may have created."""
-        out = Undone()
+        out = Undone(backend=self.store.backend)
+        result = delete_fragments(self.store, self.client, self.created + self.uncertain)
         for name in self.created + self.uncertain:
             sure = name in self.created
-            try:
-                existed = self._force_delete(name)
-            except (ClientError, BotoCoreError) as exc:
-                log.error("could not remove fragment %s after a failed seal: %s", name, exc)
+            if name in result.failed:
+                err = result.failed[name].message
+                log.error("could not remove fragment %s after a failed seal: %s", name, err)
                 (out.left if sure else out.unknown).append(name)
-                continue
-            if existed or sure:
+            elif sure or name in result.deleted:
                 out.removed.append(name)
         return out
 
@@ -261,16 +200,10 @@ class Undone:
             )
         if self.removed:
             parts.append(f"{len(self.removed)} other(s) were removed")
-        if self.backend == BACKEND_SSM:
-            how = "aws ssm delete-parameter --name NAME"
-        else:
-            how = (
-                "aws secretsmanager delete-secret --force-delete-without-recovery --secret-id NAME"
-            )
         parts.append(
             "no manifest was written, so 'sealboot delete' cannot find them: delete each by "
-            f"name with '{how}' (same region and endpoint), or 'sealboot sweep' deletes them "
-            "once their sealboot.io/expires-at tag has passed"
+            f"name with '{STORES[self.backend].delete_command}' (same region and endpoint), or "
+            "'sealboot sweep' deletes them once their sealboot.io/expires-at tag has passed"
         )
         return "; ".join(parts)
 
@@ -286,7 +219,6 @@ def seal(
     client: Client | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
     check: Callable[[Manifest], None] | None = None,
     commit: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
@@ -299,7 +231,7 @@ def seal(
     """
     started = clock()
     try:
-        manifest, chunks, tags, client = _prepare(
+        manifest, chunks, tags, store, client = _prepare(
             userdata, namespace, cluster, machine, role, config, client, wall
         )
         if check is not None:
@@ -308,7 +240,7 @@ def seal(
         if exc.outcome is None:
             exc.outcome = NOTHING_CREATED
         raise
-    creator = _Creator(client, config, clock, sleep)
+    creator = _Creator(store, client, config, clock)
     names = manifest.fragments
     name = names[0]
     try:
@@ -320,7 +252,6 @@ def seal(
         # Any failure, and Ctrl-C. Other BaseExceptions pass like a kill would (tests use one
         # to stand for SIGKILL): sweep finds the fragments a kill leaves by their tags.
         undone = creator.undo()
-        undone.backend = config.backend
         if isinstance(exc, SealbootError):
             err = exc
         elif isinstance(exc, (ClientError, BotoCoreError)):
@@ -351,7 +282,7 @@ def _prepare(
     config: SealConfig,
     client: Client | None,
     wall: Callable[[], float],
-) -> tuple[Manifest, list[bytes], list[dict[str, str]], Client]:
+) -> tuple[Manifest, list[bytes], dict[str, str], Store, Client]:
     """Check everything and build the manifest, fragment values, tags and client; create
     nothing."""
     if config.format not in (FORMAT_NATIVE, FORMAT_CAPA):
@@ -378,14 +309,15 @@ def _prepare(
             f"cluster name {cluster!r} is too long for the CAPA cluster tag "
             f"(at most {TAG_KEY_MAX - len(CLUSTER_TAG.format(cluster=''))} chars)"
         )
-    if config.backend not in (BACKEND_SECRETS_MANAGER, BACKEND_SSM):
-        raise InputError(f"unknown backend {config.backend!r}; use secrets-manager or ssm")
+    if config.backend not in STORES:
+        raise InputError(f"unknown backend {config.backend!r}; use {' or '.join(STORES)}")
+    store = STORES[config.backend]
     if config.tier not in ("standard", "advanced"):
         raise InputError(f"unknown SSM tier {config.tier!r}; use standard or advanced")
     if config.tier == "advanced" and config.backend != BACKEND_SSM:
         raise InputError("the advanced tier is an SSM Parameter Store tier; it needs backend ssm")
     stream = gzip_deterministic(userdata)
-    chunks = _chunks(config, stream)
+    chunks = store.encode(stream, config.format, config.tier)
     if len(chunks) > MAX_FRAGMENTS:
         raise InputError(
             f"user data needs {len(chunks)} fragments; a manifest names at most {MAX_FRAGMENTS}"
@@ -405,7 +337,7 @@ def _prepare(
     )
     if client is None:
         client = aws_client(
-            "ssm" if config.backend == BACKEND_SSM else "secretsmanager",
+            store.service,
             region=config.region,
             endpoint_url=config.endpoint_url,
             use_fips=config.use_fips,
@@ -446,4 +378,4 @@ def _prepare(
         config.backend,
         config.format,
     )
-    return manifest, chunks, tags, client
+    return manifest, chunks, tags, store, client

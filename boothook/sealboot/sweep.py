@@ -25,9 +25,10 @@ from sealboot.delete import delete_fragments
 from sealboot.errors import AccessDenied, InputError
 from sealboot.fragments import Fragment, utc
 from sealboot.instances import instance_states
-from sealboot.listing import list_parameter_fragments, list_secret_fragments
+from sealboot.listing import list_fragments
 from sealboot.names import component
 from sealboot.report import Outcome, SweepReport
+from sealboot_agent.stores import STORES
 from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _execute(
 
     for backend, client in clients.items():
         mine = {d.fragment.name: d for d in doomed if d.fragment.backend == backend}
-        result = delete_fragments(backend, client, list(mine), progress=tick)
+        result = delete_fragments(STORES[backend], client, list(mine), progress=tick)
         for name in result.deleted:
             report.outcomes.append(Outcome(mine[name], "deleted"))
         for name in result.already_gone:
@@ -96,15 +97,9 @@ def sweep(
         clients[BACKEND_SSM] = ssm
     report = SweepReport(now=now, dry_run=dry_run, backends=tuple(clients))
     fragments: list[Fragment] = []
-    if secrets is not None:
-        found, ignored = list_secret_fragments(
-            secrets, namespace=namespace, cluster=cluster, page_size=page_size or 100
-        )
-        fragments += found
-        report.ignored += ignored
-    if ssm is not None:
-        found, ignored = list_parameter_fragments(
-            ssm, namespace=namespace, cluster=cluster, page_size=page_size or 50
+    for backend, client in clients.items():
+        found, ignored = list_fragments(
+            STORES[backend], client, namespace=namespace, cluster=cluster, page_size=page_size
         )
         fragments += found
         report.ignored += ignored

@@ -17,6 +17,7 @@ from sealboot.decide import parse_duration
 from sealboot.errors import AccessDenied, AwsError, InputError
 from sealboot.report import ProgressBar
 from sealboot.sweep import sweep
+from sealboot_agent.stores import STORES
 from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, BACKENDS
 
 BACKEND_ALL = "all"
@@ -80,13 +81,12 @@ def run(args: argparse.Namespace, env: Mapping[str, str], stdout: TextIO, stderr
     def client(service: str, endpoint_url: str | None) -> Client:
         return aws_client(service, region=region, endpoint_url=endpoint_url, use_fips=fips)
 
+    stores = {backend: client(STORES[backend].service, endpoint) for backend in backends}
     bar = ProgressBar(stderr) if _isatty(stderr) else None
     try:
         report = sweep(
-            secrets=client("secretsmanager", endpoint)
-            if BACKEND_SECRETS_MANAGER in backends
-            else None,
-            ssm=client("ssm", endpoint) if BACKEND_SSM in backends else None,
+            secrets=stores.get(BACKEND_SECRETS_MANAGER),
+            ssm=stores.get(BACKEND_SSM),
             ec2=client("ec2", None),
             namespace=args.namespace,
             cluster=args.cluster,

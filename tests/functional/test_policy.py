@@ -27,7 +27,8 @@ from botocore.exceptions import ClientError
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
 from sealboot import policy as pol
-from sealboot import sweep as sw
+from sealboot.sweep import sweep
+from sealboot.tag_instance import tag_instance
 from sealboot_agent.wire import Manifest
 from tests.functional.conftest import BIN, Instance, Sealed, cloud_config, seal
 from tests.stack.local import LocalStack
@@ -278,13 +279,14 @@ def test_controller_policy_suffices_for_seal_delete_tag_and_sweep_and_nothing_el
     ]
     ec2_admin.terminate_instances(InstanceIds=[iid])
     with _enforced(aws):
-        assert sw.tag_instance(second, iid, ctl) == list(second.fragments)
-        report = sw.sweep(
+        assert tag_instance(second, iid, ctl) == list(second.fragments)
+        report = sweep(
             secrets=ctl if backend == "secrets-manager" else None,
             ssm=ctl if backend == "ssm" else None,
             ec2=ctl_ec2,
         )
-        assert sw.fragments_of(report, "deleted") == list(second.fragments)
+        deleted = [o.decision.fragment.name for o in report.outcomes if o.status == "deleted"]
+        assert deleted == list(second.fragments)
         assert {o.decision.reason for o in report.outcomes} == {"instance-terminated"}
 
         # Everything else is denied.

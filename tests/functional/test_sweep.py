@@ -14,16 +14,21 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from sealboot import sweep as sw
+from sealboot import sweep_cli
+from sealboot import tag_instance as tag_cli
+from sealboot.aws import aws_client
 from sealboot.errors import AccessDenied, AwsError, InputError
+from sealboot.names import INSTANCE_TAG
+from sealboot.report import SweepReport
 from sealboot.seal import SealConfig
 from sealboot.seal import seal as seal_api
+from sealboot.sweep import sweep
+from sealboot.tag_instance import tag_instance
 from sealboot_agent.wire import Manifest
 from tests.functional.conftest import cloud_config, incompressible, seal, secret_names
 from tests.stack.local import LocalStack
 
 NS = "default"
-NO_SLEEP = sw.Retry(sleep=lambda _: None)
 HOUR = datetime.timedelta(hours=1)
 TOKEN = "t" * 52
 
@@ -60,19 +65,16 @@ def _seal(
     )
 
 
-def _sweep(
-    stack: LocalStack, *, ssm: bool = False, sm: bool = True, **kwargs: Any
-) -> sw.SweepReport:
-    return sw.sweep(
+def _sweep(stack: LocalStack, *, ssm: bool = False, sm: bool = True, **kwargs: Any) -> SweepReport:
+    return sweep(
         secrets=stack.secrets() if sm else None,
         ssm=stack.client("ssm") if ssm else None,
         ec2=stack.client("ec2"),
-        retry=NO_SLEEP,
         **kwargs,
     )
 
 
-def _reasons(report: sw.SweepReport, status: str) -> dict[str, str]:
+def _reasons(report: SweepReport, status: str) -> dict[str, str]:
     return {
         o.decision.fragment.name: o.decision.reason for o in report.outcomes if o.status == status
     }
@@ -115,9 +117,9 @@ def test_terminated_and_unknown_instances_release_their_fragments(aws: LocalStac
     dead, alive = _instances(aws, 2)
     aws.client("ec2").terminate_instances(InstanceIds=[dead])
     sm = aws.secrets()
-    assert sw.tag_instance(gone, dead, sm) == list(gone.fragments)
-    sw.tag_instance(running, alive, sm)
-    sw.tag_instance(phantom, "i-0123456789abcdef0", sm)  # EC2 never heard of it
+    assert tag_instance(gone, dead, sm) == list(gone.fragments)
+    tag_instance(running, alive, sm)
+    tag_instance(phantom, "i-0123456789abcdef0", sm)  # EC2 never heard of it
 
     first = _sweep(aws)
 
@@ -289,17 +291,16 @@ def test_ssm_sweep_expired_terminated_live_capa_in_batches_of_ten(aws: LocalStac
     (dead,) = _instances(aws, 1)
     aws.client("ec2").terminate_instances(InstanceIds=[dead])
     terminated = f"{root}/{NS}/c1/term/{TOKEN}/0"
-    _put_param(aws, terminated, _sealboot_tags("c1", future, **{sw.INSTANCE_TAG: dead}))
+    _put_param(aws, terminated, _sealboot_tags("c1", future, **{INSTANCE_TAG: dead}))
     capa = f"{root}/{uuid.uuid4()}/0"  # CAPA's SSM format: no expiry tag
     _put_param(aws, capa, {"sigs.k8s.io/cluster-api-provider-aws/cluster/c1": "owned"})
     stranger = f"{root}/{NS}/c1/x/{TOKEN}/0"  # the right shape, but not sealboot's tags
     _put_param(aws, stranger, {"owner": "someone-else"})
     aws.proxy.clear()
 
-    report = sw.sweep(
+    report = sweep(
         ssm=_client(aws, "ssm", aws.proxy.url),
         ec2=aws.client("ec2"),
-        retry=NO_SLEEP,
         now=_now() + 25 * HOUR,  # past the CAPA default of 24 h
         page_size=5,
     )
@@ -329,49 +330,49 @@ def _client(stack: LocalStack, service: str, url: str) -> Any:
     )
 
 
-def test_sweep_paginates_and_survives_throttling(aws: LocalStack) -> None:
+def test_sweep_paginates_and_survives_throttling(aws: LocalStack, env: dict[str, str]) -> None:
     manifests = [_seal(aws, f"w{i}", ttl=60) for i in range(5)]
     aws.proxy.clear()
-    aws.proxy.faults.throttle_next["ListSecrets"] = 3
-    aws.proxy.faults.throttle_next["DeleteSecret"] = 3
-    slept: list[float] = []
+    aws.proxy.faults.throttle_next["ListSecrets"] = 2
+    aws.proxy.faults.throttle_next["DeleteSecret"] = 2
 
-    # botocore retries turned off, so every throttle reaches sweep's own bounded backoff.
-    report = sw.sweep(
-        secrets=_client(aws, "secretsmanager", aws.proxy.url),
+    # The toolkit's own client: botocore's retries are the only ones, nothing retries on top.
+    report = sweep(
+        secrets=aws_client("secretsmanager", region=aws.region, endpoint_url=aws.proxy.url),
         ec2=aws.client("ec2"),
         now=_now() + HOUR,
         page_size=2,
-        retry=sw.Retry(sleep=slept.append),
     )
 
     assert report.counts()["deleted"] == 5
     assert secret_names(aws) == []
-    assert aws.proxy.injected["ListSecrets:throttle"] == 3
-    assert aws.proxy.injected["DeleteSecret:throttle"] == 3
-    assert aws.proxy.calls["ListSecrets"] == 3 + 3, "three pages of two, plus three throttled"
-    assert len(slept) == 6
-    assert all(0 <= s <= sw.Retry().cap for s in slept)
+    assert aws.proxy.injected["ListSecrets:throttle"] == 2
+    assert aws.proxy.injected["DeleteSecret:throttle"] == 2
+    assert aws.proxy.calls["ListSecrets"] == 3 + 2, "three pages of two, plus two throttled"
+    assert aws.proxy.calls["DeleteSecret"] == 5 + 2
     assert {m.fragments[0] for m in manifests} == set(_reasons(report, "deleted"))
 
 
-def test_throttling_past_the_bound_fails_with_a_clear_error(aws: LocalStack) -> None:
+def test_throttling_past_the_bound_fails_with_a_clear_error(
+    aws: LocalStack, env: dict[str, str]
+) -> None:
     _seal(aws, "w0")
     aws.proxy.faults.throttle["ListSecrets"] = 1.0
-    with pytest.raises(AwsError, match="listing secrets: ThrottlingException"):
-        sw.sweep(
-            secrets=_client(aws, "secretsmanager", aws.proxy.url),
-            ec2=aws.client("ec2"),
-            retry=sw.Retry(sleep=lambda _: None, attempts=3),
-        )
+    client = aws_client(
+        "secretsmanager", region=aws.region, endpoint_url=aws.proxy.url, max_attempts=2
+    )
+    with pytest.raises(AwsError, match="ThrottlingException") as info:
+        sweep(secrets=client, ec2=aws.client("ec2"))
+    assert info.value.message.startswith("listing the secretsmanager fragments under ")
+    assert "gave up after 3 attempts" in info.value.message
     assert aws.proxy.injected["ListSecrets:throttle"] == 3
 
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sealboot")
     sub = parser.add_subparsers(dest="command", required=True)
-    sw.add_parser(sub)
-    sw.add_tag_instance_parser(sub)
+    sweep_cli.add_parser(sub)
+    tag_cli.add_parser(sub)
     return parser.parse_args(list(argv))
 
 
@@ -400,7 +401,7 @@ def test_run_json_output_parses_and_progress_only_on_a_tty(
     new = _seal(aws, "m1")
 
     out, err = io.StringIO(), io.StringIO()
-    assert sw.run(_args("sweep", "--dry-run", "--json"), env, out, err) == 0
+    assert sweep_cli.run(_args("sweep", "--dry-run", "--json"), env, out, err) == 0
     data = json.loads(out.getvalue())
     assert data["dry_run"] is True
     assert data["counts"]["would-delete"] == 1
@@ -414,7 +415,10 @@ def test_run_json_output_parses_and_progress_only_on_a_tty(
     assert len(secret_names(aws)) == 2
 
     out, tty = io.StringIO(), _Tty()
-    assert sw.run(_args("sweep", "--older-than", "1h", "--region", aws.region), env, out, tty) == 0
+    assert (
+        sweep_cli.run(_args("sweep", "--older-than", "1h", "--region", aws.region), env, out, tty)
+        == 0
+    )
     assert f"deleted  {old.fragments[0]}  (expired at " in out.getvalue()
     assert "sweep (secrets-manager): deleted 1, kept 1, failed 0" in out.getvalue()
     assert "\rsweep [" in tty.getvalue(), "a progress bar on a terminal"
@@ -427,7 +431,7 @@ def test_run_ssm_and_all_backends(aws: LocalStack, env: dict[str, str]) -> None:
     expired_secret = _seal(aws, "w0", ttl=60)  # expires in a minute: kept now
     out = io.StringIO()
 
-    assert sw.run(_args("sweep", "--backend", "all", "--json"), env, out, io.StringIO()) == 0
+    assert sweep_cli.run(_args("sweep", "--backend", "all", "--json"), env, out, io.StringIO()) == 0
 
     data = json.loads(out.getvalue())
     assert data["backends"] == ["secrets-manager", "ssm"]
@@ -461,7 +465,7 @@ def test_run_reports_denied_deletes_with_exit_code_5(
     aws.moto.enforce_iam(0)
     try:
         with pytest.raises(AccessDenied) as info:
-            sw.run(_args("sweep"), env, out, io.StringIO())
+            sweep_cli.run(_args("sweep"), env, out, io.StringIO())
     finally:
         aws.moto.enforce_iam(float("inf"))
 
@@ -478,19 +482,19 @@ def test_run_tag_instance_command(aws: LocalStack, env: dict[str, str], tmp_path
     (iid,) = _instances(aws, 1)
     out = io.StringIO()
 
-    rc = sw.run_tag_instance(
+    rc = tag_cli.run(
         _args("tag-instance", str(sealed.manifest_path), "--instance-id", iid),
         env,
-        out,
         io.StringIO(),
+        out,
     )
 
     assert rc == 0
     assert out.getvalue().split() == list(sealed.manifest.fragments)
     tags = aws.secrets().describe_secret(SecretId=sealed.manifest.fragments[0])["Tags"]
-    assert {"Key": sw.INSTANCE_TAG, "Value": iid} in tags
+    assert {"Key": INSTANCE_TAG, "Value": iid} in tags
     with pytest.raises(InputError, match="not an EC2 instance id"):
-        sw.run_tag_instance(
+        tag_cli.run(
             _args("tag-instance", str(sealed.manifest_path), "--instance-id", "i-nope"),
             env,
             io.StringIO(),
@@ -498,67 +502,19 @@ def test_run_tag_instance_command(aws: LocalStack, env: dict[str, str], tmp_path
         )
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("3600", 3600)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert sw.parse_duration(text) == seconds
+def test_run_tag_instance_reads_a_dash_manifest_from_the_injected_stdin(
+    aws: LocalStack, env: dict[str, str], tmp_path: Path
+) -> None:
+    sealed = seal(aws, tmp_path, cloud_config())
+    (iid,) = _instances(aws, 1)
+    out = io.StringIO()
 
+    stdin = io.StringIO(sealed.manifest.to_json())
+    assert tag_cli.run(_args("tag-instance", "-", "--instance-id", iid), env, stdin, out) == 0
 
-@pytest.mark.parametrize("text", ["", "0", "-5m", "5 parsecs", "1y", "h"])
-def test_parse_duration_refuses_nonsense(text: str) -> None:
-    with pytest.raises(InputError):
-        sw.parse_duration(text)
-
-
-def test_identify_only_our_shapes_with_our_tags() -> None:
-    ours = {"sealboot.io/expires-at": "2030-01-01T00:00:00Z"}
-    capa = {"sigs.k8s.io/cluster-api-provider-aws/cluster/c1": "owned", "Name": "m0"}
-    native = f"aws.cluster.x-k8s.io/ns/c1/m0/{TOKEN}-3"
-    frag = sw.identify("secrets-manager", native, ours, None)
-    assert frag is not None
-    assert (frag.format, frag.namespace, frag.cluster, frag.machine) == ("native", "ns", "c1", "m0")
-    assert sw.identify("secrets-manager", native, {}, None) is None
-    capa_name = f"aws.cluster.x-k8s.io/{uuid.uuid4()}-0"
-    got = sw.identify("secrets-manager", capa_name, capa, None)
-    assert got is not None
-    assert (got.format, got.cluster, got.machine) == ("capa", "c1", "m0")
-    assert sw.identify("secrets-manager", capa_name, ours, None) is None, "CAPA shape, no cluster"
-    assert sw.identify("secrets-manager", "other.root/ns/c1/m0/t-0", ours, None) is None
-    assert sw.identify("ssm", f"/cluster.x-k8s.io/{uuid.uuid4()}/0", capa, None) is not None
-    assert sw.identify("ssm", f"/cluster.x-k8s.io/ns/c1/m0/{TOKEN}/0", ours, None) is not None
-
-
-def test_decide_reports_the_first_reason_and_honours_the_grace_period() -> None:
-    now = _now()
-    tags = {
-        "sealboot.io/expires-at": (now - HOUR).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        sw.INSTANCE_TAG: "i-0123456789abcdef0",
-    }
-    frag = sw.Fragment("secrets-manager", "n", "native", now - 2 * HOUR, tags)
-    assert sw.decide(frag, now=now, states={"i-0123456789abcdef0": "terminated"}).reason == (
-        "expired"
-    )
-    fresh = sw.Fragment("secrets-manager", "n", "native", now, {sw.INSTANCE_TAG: "i-01234567"})
-    assert not sw.decide(fresh, now=now, states={"i-01234567": None}).delete
-    later = now + datetime.timedelta(seconds=sw.DEFAULT_INSTANCE_GRACE)
-    assert sw.decide(fresh, now=later, states={"i-01234567": None}).reason == "instance-gone"
-    assert not sw.decide(fresh, now=later, states={"i-01234567": "stopped"}).delete
-    bad = sw.Fragment("secrets-manager", "n", "native", now, {sw.INSTANCE_TAG: "i-$(reboot)"})
-    assert bad.instance_id is None, "a malformed tag ties the fragment to nothing"
-
-
-def test_progress_bar_draws_on_one_line() -> None:
-    stream = io.StringIO()
-    bar = sw.ProgressBar(stream, width=10)
-    bar(0, 4)
-    bar(2, 4)
-    bar(4, 4)
-    bar.close()
-    assert stream.getvalue() == (
-        "\rsweep [..........] 0/4\rsweep [#####.....] 2/4\rsweep [##########] 4/4\n"
-    )
+    assert out.getvalue().split() == list(sealed.manifest.fragments)
+    tags = aws.secrets().describe_secret(SecretId=sealed.manifest.fragments[0])["Tags"]
+    assert {"Key": INSTANCE_TAG, "Value": iid} in tags
 
 
 def test_ssm_capa_names_whose_tags_are_denied_are_left_alone(aws: LocalStack) -> None:
@@ -580,12 +536,12 @@ def test_ssm_capa_names_whose_tags_are_denied_are_left_alone(aws: LocalStack) ->
 
     aws.moto.enforce_iam(0)
     try:
-        report = sw.sweep(ssm=ssm, cluster="c1", now=_now() + 48 * HOUR, retry=NO_SLEEP)
+        report = sweep(ssm=ssm, cluster="c1", now=_now() + 48 * HOUR)
         assert report.ignored == 1
         assert report.outcomes == []
         _put_param(aws, native, _sealboot_tags("c1", _now()))
         with pytest.raises(AccessDenied, match="reading the tags of"):
-            sw.sweep(ssm=ssm, cluster="c1", retry=NO_SLEEP)
+            sweep(ssm=ssm, cluster="c1")
     finally:
         aws.moto.enforce_iam(float("inf"))
     assert _params(aws) == sorted([capa, native])

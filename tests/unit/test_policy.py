@@ -7,11 +7,15 @@ scoping with moto's own policy evaluator; syntax with moto's IAM policy validato
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import inspect
 import io
 import itertools
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,7 +24,7 @@ from moto.iam.policy_validation import IAMPolicyDocumentValidator
 from parliament import analyze_policy_string  # type: ignore[import-untyped]
 
 from sealboot import policy as pol
-from sealboot.errors import InputError
+from sealboot.errors import InputError, SealbootError
 from sealboot_agent.wire import name_component, native_fragment_names, ssm_fragment_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +61,6 @@ EXPECTED_SCOPED = {
     ("controller", "ssm"): {
         "ssm:PutParameter",
         "ssm:AddTagsToResource",
-        "ssm:DeleteParameter",
         "ssm:DeleteParameters",
         "ssm:ListTagsForResource",
     },
@@ -281,8 +284,8 @@ def test_parliament_catches_what_it_is_trusted_to_catch() -> None:
     ]
 
 
-def _operations(*paths: Path) -> set[str]:
-    """IAM action names of the boto3 calls made in *paths* (``client.x(``/``ec2.x(``)."""
+def _iam_actions() -> dict[str, str]:
+    """boto3 method name -> IAM action, for the services the toolkit and the agent call."""
     import boto3
 
     session = boto3.session.Session(region_name="eu-west-1")
@@ -291,9 +294,15 @@ def _operations(*paths: Path) -> set[str]:
         model = session.client(service, aws_access_key_id="x", aws_secret_access_key="y")
         for op in model.meta.service_model.operation_names:
             names.setdefault(_snake(op), f"{service}:{op}")
+    return names
+
+
+def _operations(*texts: str) -> set[str]:
+    """IAM action names of the boto3 calls made in the source *texts* (``client.x(``)."""
+    names = _iam_actions()
     found = set()
-    for path in paths:
-        for method in re.findall(r"\b(?:client|ec2)\.([a-z][a-z_]+)\b", path.read_text()):
+    for text in texts:
+        for method in re.findall(r"\b(?:client|ec2)\.([a-z][a-z_]+)\b", text):
             if method in names:
                 found.add(names[method])
     return found
@@ -305,22 +314,90 @@ def _snake(name: str) -> str:
     return str(botocore.xform_name(name))
 
 
-def test_controller_policy_covers_exactly_what_the_toolkit_calls() -> None:
-    called = _operations(
-        *(ROOT / "boothook/sealboot" / f for f in ("seal.py", "delete.py", "sweep.py"))
+class _Recorder:
+    """A client that records every operation called on it and answers from *answers*."""
+
+    def __init__(self, answers: dict[str, Any]):
+        self.answers = answers
+        self.called: set[str] = set()
+        self.meta = SimpleNamespace(region_name="eu-west-1")
+
+    def get_paginator(self, operation: str) -> Any:
+        self.called.add(operation)
+        return SimpleNamespace(paginate=lambda **_: iter([self.answers.get(operation, {})]))
+
+    def __getattr__(self, operation: str) -> Any:
+        def call(**_: Any) -> Any:
+            self.called.add(operation)
+            return self.answers.get(operation, {})
+
+        return call
+
+
+def _toolkit_calls(backend: str) -> set[str]:
+    """What seal (with its undo), delete, tag-instance and sweep call on *backend* and EC2."""
+    from sealboot.delete import delete
+    from sealboot.seal import SealConfig, seal
+    from sealboot.sweep import sweep
+    from sealboot.tag_instance import tag_instance
+
+    expired = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    tags = [
+        {"Key": "sealboot.io/expires-at", "Value": "2000-01-02T00:00:00Z"},
+        {"Key": "sealboot.io/instance-id", "Value": "i-0123456789abcdef0"},
+    ]
+    name = native_fragment_names("aws.cluster.x-k8s.io", "ns", "c1", "m0", 1, "a" * 52)[0]
+    param = ssm_fragment_names("/cluster.x-k8s.io", "ns", "c1", "m0", 1, "a" * 52)[0]
+    store = _Recorder(
+        {
+            "list_secrets": {"SecretList": [{"Name": name, "Tags": tags, "CreatedDate": expired}]},
+            "describe_parameters": {"Parameters": [{"Name": param, "LastModifiedDate": expired}]},
+            "list_tags_for_resource": {"TagList": tags},
+        }
     )
-    granted = set()
+    ec2 = _Recorder({})
+
+    def fail(manifest: Any) -> None:
+        raise InputError("the undo runs too")
+
+    cfg = SealConfig(region="eu-west-1", backend=backend)
+    with pytest.raises(InputError):
+        seal(
+            b"x", namespace="ns", cluster="c1", machine="m0", config=cfg, client=store, commit=fail
+        )
+    manifest = seal(b"x", namespace="ns", cluster="c1", machine="m0", config=cfg, client=store)
+    with contextlib.suppress(SealbootError):  # an answer without DeletedParameters: "failed"
+        delete(manifest, client=store)
+    tag_instance(manifest, "i-0123456789abcdef0", store)
+    sm = backend == "secrets-manager"
+    report = sweep(secrets=store if sm else None, ssm=None if sm else store, ec2=ec2)
+    assert len(report.outcomes) == 1, "the listed fragment was found, decided and deleted"
+    names = _iam_actions()
+    return {names[op] for op in store.called | ec2.called}
+
+
+def test_controller_policy_covers_exactly_what_the_toolkit_calls() -> None:
+    called: set[str] = set()
+    granted: set[str] = set()
     for backend in BACKENDS:
+        called |= _toolkit_calls(backend)
         for stmt in pol.controller_policy(backend=backend)["Statement"]:
             granted |= _actions(stmt)
-    # Creating with Tags also needs TagResource / AddTagsToResource; tag-instance calls both.
     assert called == granted
     assert {"secretsmanager:CreateSecret", "ssm:PutParameter", "ec2:DescribeInstances"} <= called
 
 
+def _store_methods(*methods: str) -> list[str]:
+    """The source of these methods of every Store: where the agent's AWS calls are made."""
+    from sealboot_agent.stores import STORES
+
+    return [inspect.getsource(getattr(type(s), m)) for s in STORES.values() for m in methods]
+
+
 def test_node_policy_covers_what_the_agent_and_the_fallback_call() -> None:
     agent = ROOT / "agent/sealboot_agent"
-    called = _operations(agent / "fetch.py", agent / "ssm.py", agent / "delete.py")
+    sources = [(agent / f).read_text() for f in ("fetch.py", "delete.py")]
+    called = _operations(*sources, *_store_methods("get", "get_one", "delete"))
     # The fallback's AWS CLI calls are argv lists in fallback.py: ["ssm", "get-parameter", ...].
     fallback = (agent / "fallback.py").read_text()
     for service, command in re.findall(r'"(secretsmanager|ssm)",\s*"([a-z]+-[a-z-]+)"', fallback):

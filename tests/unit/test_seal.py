@@ -56,7 +56,6 @@ def do_seal(
         client=fake,
         clock=clock,
         wall=lambda: WALL,
-        sleep=clock.sleep,
     )
 
 
@@ -325,55 +324,38 @@ def test_failed_undo_names_the_fragment_left_behind() -> None:
     assert "aws secretsmanager delete-secret --force-delete-without-recovery" in advice
 
 
-def test_resource_exists_is_force_deleted_and_retried_without_real_sleep() -> None:
+def _exists_after_creating(fake: FakeSecrets) -> None:
+    """The first create happens but its answer is lost; botocore's retry is told it exists."""
+    real_create = fake.create_secret
+
+    def create(**kwargs: Any) -> dict[str, Any]:
+        if not fake.ops("create_secret"):
+            real_create(**kwargs)
+            fake.calls.append(("create_secret", kwargs))
+            raise client_error("ResourceExistsException", "exists", "CreateSecret")
+        return real_create(**kwargs)
+
+    fake.create_secret = create  # type: ignore[method-assign]
+
+
+def test_resource_exists_on_a_fresh_name_is_this_calls_own_create() -> None:
     fake = FakeSecrets()
-    clock = FakeClock()
-    fake.create_script = [client_error("ResourceExistsException", "exists", "CreateSecret")]
-    m = do_seal(b"#cloud-config\n", fake, clock=clock)
-    creates = fake.ops("create_secret")
-    assert [c["Name"] for c in creates] == [m.fragments[0]] * 2
-    (delete,) = fake.ops("delete_secret")
-    assert delete == {"SecretId": m.fragments[0], "ForceDeleteWithoutRecovery": True}
-    assert len(clock.sleeps) == 1
-    assert m.fragments[0] in fake.store
-    # The fake clock only moved by the injected sleep.
-    assert clock.now == pytest.approx(1000.0 + sum(clock.sleeps))
+    _exists_after_creating(fake)
+    m = do_seal(b"#cloud-config\n", fake)
+    assert m.fragments[0] in fake.store, "kept: the retried attempt's first try made it"
+    assert len(fake.ops("create_secret")) == 2
+    assert fake.ops("delete_secret") == [], "no force-delete, no re-create, no backoff"
 
 
-def test_resource_that_keeps_existing_gives_up_at_the_deadline() -> None:
+def test_resource_exists_then_a_failure_undoes_that_fragment_too() -> None:
     fake = FakeSecrets()
-    clock = FakeClock()
-    fake.create_script = [None] + [client_error("ResourceExistsException")] * 1000
-    cfg = SealConfig(region="eu-west-1", format="capa", deadline=10.0)
-    with pytest.raises(SealbootError) as info:
-        do_seal(os.urandom(10000), fake, cfg, clock)
-    assert "deadline" in info.value.message
-    assert clock.now - 1000.0 <= 10.0
-    assert len(clock.sleeps) >= 2
-    # Backoff grows: later delays may exceed the very first cap of 0.25 s.
-    assert all(0 <= s <= 5.0 for s in clock.sleeps)
-    # The fragment this run did create was removed again.
-    first = fake.ops("create_secret")[0]["Name"]
-    assert first not in fake.store
-    assert info.value.outcome is not None
-    assert info.value.outcome.startswith("1 fragment(s) were created and removed again")
-
-
-def test_non_exists_error_on_force_delete_is_reported() -> None:
-    fake = FakeSecrets()
-    fake.create_script = [client_error("ResourceExistsException")]
-    real_delete = fake.delete_secret
-
-    def delete(**kwargs: object) -> dict[str, object]:
-        if not fake.ops("delete_secret"):
-            fake.calls.append(("delete_secret", dict(kwargs)))
-            raise client_error("AccessDeniedException", "no delete", "DeleteSecret")
-        return real_delete(**kwargs)
-
-    fake.delete_secret = delete  # type: ignore[method-assign]
-    with pytest.raises(AccessDenied):
-        do_seal(b"x", fake)
+    _exists_after_creating(fake)
+    fake.create_script = [None, None, client_error("ThrottlingException")]
+    with pytest.raises(AwsError) as info:
+        do_seal(os.urandom(150 * 1024), fake)
     assert fake.store == {}
+    assert info.value.outcome is not None
+    assert info.value.outcome.startswith("2 fragment(s) were created and removed again")
 
 
 def test_too_many_fragments_is_refused_without_leaving_secrets() -> None:

@@ -47,16 +47,12 @@ sys.exit(main(sys.argv[2:]))' "$sb_py" "$SEALBOOT_MANIFEST" "$sb_root" "${INSTAN
         rm -rf "$sb_py"
         exit "$sb_rc"
     fi
-    sb_say "ERROR: neither sealboot-agent nor the AWS CLI is installed on this image, so the" \
-        "user data sealed by sealboot ${SEALBOOT_VERSION} was not fetched; the fragments were" \
-        "left in place."
+    sb_say "ERROR: neither sealboot-agent nor the AWS CLI is installed on this image: the sealed" \
+        "user data was not fetched and its fragments were left in place"
     sb_say "ERROR: what to do: bake the agent into the AMI (packaging/install.sh) and replace" \
         "this instance. exit 69"
     exit 69
 fi
 
-sb_args=(fetch --handoff "$SEALBOOT_HANDOFF" --manifest "$SEALBOOT_MANIFEST")
-if [ -n "$sb_root" ]; then
-    sb_args+=(--root "$sb_root")
-fi
-exec "$sb_agent" "${sb_args[@]}"
+exec "$sb_agent" fetch --handoff "$SEALBOOT_HANDOFF" --manifest "$SEALBOOT_MANIFEST" \
+    ${sb_root:+--root "$sb_root"}
