@@ -202,19 +202,27 @@ def assert_payload_took_effect(inst: SystemdInstance, token: str, aws: InstanceN
     assert state["instance_id"] == inst.instance_id
 
 
-def reboot_changes_nothing(inst: SystemdInstance, token: str, aws: InstanceNetwork) -> SystemdBoot:
-    """Boot the same instance again; nothing per-instance runs again, nothing is fetched."""
+def reboot_changes_nothing(
+    inst: SystemdInstance, token: str, aws: InstanceNetwork, stock: StockBoot
+) -> SystemdBoot:
+    """Boot the same instance again: it reaches ``running`` as cleanly, nothing per-instance
+    runs again, the agent does not run, and cloud-init keeps the user data it had."""
     runs = {p: inst.path(p).stat().st_mtime_ns for p in ("/etc/e2e/secret", "/var/lib/e2e/script")}
     inst.path("/var/lib/e2e/runcmd").unlink()
+    user_data_txt = f"/var/lib/cloud/instances/{inst.instance_id}/user-data.txt"
+    kept = inst.read_bytes(user_data_txt)
     first = inst.systemd_boots[-1]
 
     again = inst.power_on()
 
+    assert_running(again, stock)
     assert again.output_log.startswith(first.output_log)
+    new = again.output_log[len(first.output_log) :]
+    assert agent_lines(new) == [], new
     assert not inst.exists("/var/lib/e2e/runcmd"), "runcmd is once per instance"
     for path, mtime in runs.items():
         assert inst.path(path).stat().st_mtime_ns == mtime, path
-    assert agent_lines(again.output_log[len(first.output_log) :]) == []
+    assert inst.read_bytes(user_data_txt) == kept, "cloud-init's copy of the user data changed"
     assert aws.secret_names() == []
     assert_no_payload(inst, again, token)
     return again
@@ -241,22 +249,20 @@ def test_boothook_hand_off_under_systemd(
         assert sum(message in line for line in lines) == 1, (message, lines)
     assert_no_payload(inst, boot, token)
 
-    again = reboot_changes_nothing(inst, token, aws)
+    again = reboot_changes_nothing(inst, token, aws, stock)
 
-    assert_running(again, stock)
     new = again.output_log[len(boot.output_log) :]
     assert sum("nothing to do" in line for line in new.splitlines()) == 1, new
 
 
-@pytest.mark.parametrize("suite", SUITES)
-def test_sealboot_datasource_under_systemd(
+def datasource_boot(
     suite: str,
-    stock_boots: Callable[[str], StockBoot],
+    stock: StockBoot,
     new_systemd_instance: NewSystemdInstance,
     aws: InstanceNetwork,
     tmp_path: Path,
-) -> None:
-    stock = stock_boots(suite)
+) -> tuple[SystemdInstance, str]:
+    """A first boot in datasource mode, which must unseal on cloud-init's first pass."""
     inst, token, boot = sealed_boot(suite, "datasource", new_systemd_instance, aws, tmp_path)
 
     assert_running(boot, stock)
@@ -268,8 +274,52 @@ def test_sealboot_datasource_under_systemd(
     assert boot.cloud_init_log.count("sealboot: unsealed") == 1, boot.describe()
     assert "sealboot-boothook" not in boot.output_log
     assert_no_payload(inst, boot, token)
+    return inst, token
 
-    again = reboot_changes_nothing(inst, token, aws)
 
-    assert_running(again, stock)
+@pytest.mark.parametrize("suite", SUITES)
+def test_sealboot_datasource_under_systemd(
+    suite: str,
+    stock_boots: Callable[[str], StockBoot],
+    new_systemd_instance: NewSystemdInstance,
+    aws: InstanceNetwork,
+    tmp_path: Path,
+) -> None:
+    datasource_boot(suite, stock_boots(suite), new_systemd_instance, aws, tmp_path)
+
+
+# A known bug, found by these boots (the chroot harness has no datasource reboot): on a real
+# reboot the init-local stage finds no /run/cloud-init/.instance-id, drops the cache link, and the
+# network stage rediscovers DataSourceSealboot, which runs the agent again.
+REDISCOVERY_BUG = (
+    "known bug: on reboot cloud-init rediscovers DataSourceSealboot, which runs the agent again "
+    "(exit 10: handed over already, /var/lib/sealboot/userdata gone), logs a WARNING (25.1: "
+    "'degraded done') and hands cloud-init the sealed boothook, which replaces the unsealed "
+    "user-data.txt (per-boot parts of the payload stop running)"
+)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_sealboot_datasource_reboot_is_a_no_op(
+    suite: str,
+    stock_boots: Callable[[str], StockBoot],
+    new_systemd_instance: NewSystemdInstance,
+    aws: InstanceNetwork,
+    tmp_path: Path,
+) -> None:
+    stock = stock_boots(suite)
+    inst, token = datasource_boot(suite, stock, new_systemd_instance, aws, tmp_path)
+
+    try:
+        again = reboot_changes_nothing(inst, token, aws, stock)
+    except AssertionError:
+        # xfail on exactly the known symptom; anything else fails, and a fix makes this pass.
+        again = inst.systemd_boots[-1]
+        if (
+            again.number == 2
+            and "fetch exited 10; leaving the sealed user data" in again.cloud_init_log
+        ):
+            pytest.xfail(REDISCOVERY_BUG)
+        raise
+
     assert again.cloud_init_log.count("sealboot: unsealed") == 1, "unsealed again on reboot"
