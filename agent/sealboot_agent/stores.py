@@ -193,6 +193,7 @@ class Store:
     delete_operation: str = ""
     probe_operation: str = ""
     delete_command: str = ""  # how an operator deletes one by hand (NAME stands for the name)
+    tiers: tuple[str, ...] = ("standard",)  # what create()'s *tier* may be
     node_actions: tuple[str, ...] = ()  # what a fetch calls: read, then delete
 
     def batches(self, names: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -242,6 +243,10 @@ class Store:
 
     def tags(self, client: Client, name: str) -> dict[str, str] | None:
         """The tags of *name*, or None when it is gone."""
+        raise NotImplementedError
+
+    def tag(self, client: Client, name: str, tags: Mapping[str, str]) -> None:
+        """Add *tags* to fragment *name* (the toolkit's tag-instance)."""
         raise NotImplementedError
 
     def probe(self, client: Client, names: Sequence[str]) -> list[Probed]:
@@ -362,6 +367,9 @@ class SecretsManagerStore(Store):
                     item["Name"], _tag_map(item.get("Tags")), _when(item.get("CreatedDate"))
                 )
 
+    def tag(self, client: Client, name: str, tags: Mapping[str, str]) -> None:
+        client.tag_resource(SecretId=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
     def tags(self, client: Client, name: str) -> dict[str, str] | None:
         try:
             resp = client.describe_secret(SecretId=name)
@@ -402,6 +410,7 @@ class SsmStore(Store):
     delete_operation = "DeleteParameters"
     node_actions = ("ssm:GetParameters", "ssm:DeleteParameters")
     delete_command = "aws ssm delete-parameter --name NAME"
+    tiers = ("standard", "advanced")  # Standard: 4 KB values, free; Advanced: 8 KB
 
     def encode(self, stream: bytes, fmt: str, tier: str = "standard") -> list[bytes]:
         # Base64 text, split on 4-character boundaries (as CAPA's controller writes it), so each
@@ -472,6 +481,13 @@ class SsmStore(Store):
         for page in pages:
             for item in page.get("Parameters", []):
                 yield Listed(item["Name"], None, _when(item.get("LastModifiedDate")))
+
+    def tag(self, client: Client, name: str, tags: Mapping[str, str]) -> None:
+        client.add_tags_to_resource(
+            ResourceType="Parameter",
+            ResourceId=name,
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
 
     def tags(self, client: Client, name: str) -> dict[str, str] | None:
         try:
