@@ -22,6 +22,8 @@ import pytest
 
 from tests.e2e.harness import InstanceNetwork, warnings
 from tests.e2e.nspawn import (
+    RESULTS_UNIT,
+    BootTimeout,
     Mode,
     SystemdBoot,
     SystemdImages,
@@ -323,3 +325,39 @@ def test_sealboot_datasource_reboot_is_a_no_op(
         raise
 
     assert again.cloud_init_log.count("sealboot: unsealed") == 1, "unsealed again on reboot"
+
+
+# --- the harness itself: what it must notice --------------------------------------------------
+
+
+def test_a_failed_unit_is_seen(
+    new_systemd_instance: NewSystemdInstance, aws: InstanceNetwork
+) -> None:
+    inst = new_systemd_instance(SUITES[0], "stock")
+    aws.stack.identity.user_data = PLAIN_USERDATA
+    inst.path("/etc/systemd/system/e2e-fails.service").write_text(
+        "[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n"
+    )
+    inst.path("/etc/systemd/system/multi-user.target.wants/e2e-fails.service").symlink_to(
+        "/etc/systemd/system/e2e-fails.service"
+    )
+
+    boot = inst.power_on()
+
+    assert (boot.state, boot.failed_units) == ("degraded", ["e2e-fails.service"]), boot.describe()
+    with pytest.raises(AssertionError):
+        assert_running(boot)
+
+
+def test_a_boot_that_never_powers_off_is_stopped(
+    new_systemd_instance: NewSystemdInstance, aws: InstanceNetwork
+) -> None:
+    inst = new_systemd_instance(SUITES[0], "stock")
+    aws.stack.identity.user_data = PLAIN_USERDATA
+    inst.path(f"/etc/systemd/system/multi-user.target.wants/{RESULTS_UNIT}").unlink()
+
+    with pytest.raises(BootTimeout, match="no power-off within 8s") as caught:
+        inst.power_on(timeout=8)
+
+    assert "(not collected)" in str(caught.value)
+    assert inst.systemd_boots == []
