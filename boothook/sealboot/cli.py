@@ -31,6 +31,7 @@ from sealboot.errors import (
 )
 from sealboot.files import check_outputs, read_input, read_manifest, write_all, write_output
 from sealboot_agent import __version__
+from sealboot_agent.stores import STORES
 from sealboot_agent.wire import (
     BACKENDS,
     FORMATS,
@@ -224,7 +225,7 @@ def _cmd_seal(
     from sealboot.render import EC2_USERDATA_MAX, render_userdata
     from sealboot.seal import MAX_USERDATA, SealConfig, seal
 
-    if args.tier is not None and args.backend != "ssm":
+    if args.tier is not None and len(STORES[args.backend].tiers) < 2:
         raise InputError(
             f"--tier {args.tier} is for SSM Parameter Store parameters; add --backend ssm, "
             "or drop --tier (Secrets Manager has no tiers)"

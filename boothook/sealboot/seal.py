@@ -28,7 +28,6 @@ from sealboot_agent import __version__
 from sealboot_agent.stores import EXISTS, STORES, Store, error_code, request_id
 from sealboot_agent.wire import (
     BACKEND_SECRETS_MANAGER,
-    BACKEND_SSM,
     FORMAT_CAPA,
     FORMAT_NATIVE,
     MAX_FRAGMENTS,
@@ -312,10 +311,12 @@ def _prepare(
     if config.backend not in STORES:
         raise InputError(f"unknown backend {config.backend!r}; use {' or '.join(STORES)}")
     store = STORES[config.backend]
-    if config.tier not in ("standard", "advanced"):
+    if config.tier not in {tier for each in STORES.values() for tier in each.tiers}:
         raise InputError(f"unknown SSM tier {config.tier!r}; use standard or advanced")
-    if config.tier == "advanced" and config.backend != BACKEND_SSM:
-        raise InputError("the advanced tier is an SSM Parameter Store tier; it needs backend ssm")
+    if config.tier not in store.tiers:
+        raise InputError(
+            f"the {config.tier} tier is an SSM Parameter Store tier; it needs backend ssm"
+        )
     stream = gzip_deterministic(userdata)
     chunks = store.encode(stream, config.format, config.tier)
     if len(chunks) > MAX_FRAGMENTS:

@@ -52,9 +52,11 @@ def _execute(
         if progress is not None:
             progress(done, total)
 
-    for backend, client in clients.items():
-        mine = {d.fragment.name: d for d in doomed if d.fragment.backend == backend}
-        result = delete_fragments(STORES[backend], client, list(mine), progress=tick)
+    by_backend: dict[str, dict[str, Decision]] = {}
+    for d in doomed:
+        by_backend.setdefault(d.fragment.backend, {})[d.fragment.name] = d
+    for backend, mine in by_backend.items():
+        result = delete_fragments(STORES[backend], clients[backend], list(mine), progress=tick)
         for name in result.deleted:
             report.outcomes.append(Outcome(mine[name], "deleted"))
         for name in result.already_gone:

@@ -17,7 +17,8 @@ from sealboot.aws import Client, aws_client, wrap
 from sealboot.errors import InputError
 from sealboot.files import read_manifest
 from sealboot.names import INSTANCE_ID_RE, INSTANCE_TAG
-from sealboot_agent.wire import BACKEND_SSM, Manifest
+from sealboot_agent.stores import STORES
+from sealboot_agent.wire import Manifest
 
 
 def tag_instance(manifest: Manifest, instance_id: str, client: Client) -> list[str]:
@@ -33,14 +34,11 @@ def tag_instance(manifest: Manifest, instance_id: str, client: Client) -> list[s
     """
     if not INSTANCE_ID_RE.match(instance_id):
         raise InputError(f"{instance_id!r} is not an EC2 instance id (i-0123456789abcdef0)")
-    tags = [{"Key": INSTANCE_TAG, "Value": instance_id}]
+    store = STORES[manifest.backend]
     done = []
     for name in manifest.fragments:
         try:
-            if manifest.backend == BACKEND_SSM:
-                client.add_tags_to_resource(ResourceType="Parameter", ResourceId=name, Tags=tags)
-            else:
-                client.tag_resource(SecretId=name, Tags=tags)
+            store.tag(client, name, {INSTANCE_TAG: instance_id})
         except (ClientError, BotoCoreError) as exc:
             raise wrap(exc, f"tagging {name} with {INSTANCE_TAG}={instance_id}") from exc
         done.append(name)
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout:
     """Run ``sealboot tag-instance``; read a ``-`` manifest from *stdin*; print the names."""
     manifest = read_manifest(args.manifest, stdin)
     client = aws_client(
-        "ssm" if manifest.backend == BACKEND_SSM else "secretsmanager",
+        STORES[manifest.backend].service,
         region=args.region or manifest.region or env.get("AWS_REGION"),
         endpoint_url=args.endpoint_url or env.get("SEALBOOT_ENDPOINT_URL") or manifest.endpoint_url,
         use_fips=manifest.use_fips,
