@@ -552,6 +552,14 @@ def expected_cloud_init(image: Image) -> str:
     return image.rootfs.cloud_init_version.split("-")[0]
 
 
+def run_copies(image: Image) -> set[str]:
+    """Where cloud-init itself keeps the sealed configuration until reboot: 23.4+ writes the
+    merged configuration, the hand-off's cloud.cfg.d part included, to
+    /run/cloud-init/combined-cloud-config.json (0600, tmpfs)."""
+    major, minor = (int(x) for x in expected_cloud_init(image).split(".")[:2])
+    return {"/run/cloud-init/combined-cloud-config.json"} if (major, minor) >= (23, 4) else set()
+
+
 def cloud_init_versions(result: BootResult) -> set[str]:
     """Every version cloud-init announced in cloud-init-output.log (one per stage and boot)."""
     return set(re.findall(r"^Cloud-init v\. (\S+) ", result.output_log, re.M))

@@ -23,13 +23,14 @@ from tests.e2e.harness import (
     Instance,
     InstanceNetwork,
     NewInstance,
-    e2e_suites,
+    e2e_releases,
+    run_copies,
     warnings,
 )
 
 pytestmark = pytest.mark.e2e
 
-SUITES = e2e_suites()
+SUITES = e2e_releases()  # Debian's suites, sid, and upstream releases (tests/e2e/releases.py)
 SECRET_MARKER = b"SEALBOOT-E2E-SECRET-4c1d8e"
 
 PLAIN_USERDATA = b"""#cloud-config
@@ -244,12 +245,8 @@ def test_sealed_userdata_takes_effect_in_the_same_boot(
         assert_no_secret(path.read_bytes(), token, str(path))
     # No plaintext left behind by the hand-off (its private copy, the cloud.cfg.d part, the
     # placed script) once the final stage is over.
-    run_copy = set()
-    if int(inst.image.rootfs.cloud_init_version.split(".")[0]) >= 24:
-        # cloud-init 24.x+ keeps the merged configuration, the hand-off's cloud.cfg.d part
-        # included, in /run/cloud-init/combined-cloud-config.json (0600, tmpfs) until reboot.
-        run_copy = {"/run/cloud-init/combined-cloud-config.json"}
-    assert places_with_secret(inst, result, token) == expected_at_rest(inst) | run_copy
+    at_rest = expected_at_rest(inst) | run_copies(inst.image)
+    assert places_with_secret(inst, result, token) == at_rest
 
 
 @pytest.mark.parametrize("suite", SUITES)

@@ -15,6 +15,7 @@ from tests.e2e.harness import (
     cloud_init_versions,
     e2e_releases,
     expected_cloud_init,
+    run_copies,
 )
 from tests.e2e.releases import UPSTREAM
 from tests.e2e.test_harness import (
@@ -88,10 +89,8 @@ def test_aws_cli_fallback_on_an_image_without_the_agent(
     assert aws.secret_names() == []
     for path in inst.files_under("/var/log"):
         assert_no_secret(path.read_bytes(), token, str(path))
-    run_copy = set()
-    if int(inst.image.rootfs.cloud_init_version.split(".")[0]) >= 24:
-        run_copy = {"/run/cloud-init/combined-cloud-config.json"}
-    assert places_with_secret(inst, result, token) == expected_at_rest(inst) | run_copy
+    at_rest = expected_at_rest(inst) | run_copies(inst.image)
+    assert places_with_secret(inst, result, token) == at_rest
 
     second = inst.boot()
     assert_clean_boot(second)
