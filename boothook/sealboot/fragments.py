@@ -96,31 +96,16 @@ def identify(
         return None
     known = tags if tags is not None else {}
     if parsed.format == FORMAT_CAPA:
+        # A CAPA name says nothing of its owner; the tags a CAPA controller writes do.
         clusters = clusters_in(known)
-        if tags is not None and not clusters:
-            return None
-        return Fragment(
-            backend,
-            name,
-            parsed.format,
-            created,
-            known,
-            known.get(NAMESPACE_TAG),
-            clusters[0] if clusters else None,
-            known.get("Name"),
-        )
-    if tags is not None and not sealed_by_sealboot(known):
+        ours = bool(clusters)
+        owner = (known.get(NAMESPACE_TAG), clusters[0] if clusters else None, known.get("Name"))
+    else:
+        ours = sealed_by_sealboot(known)
+        owner = (parsed.namespace, parsed.cluster, parsed.machine)
+    if tags is not None and not ours:
         return None
-    return Fragment(
-        backend,
-        name,
-        parsed.format,
-        created,
-        known,
-        parsed.namespace,
-        parsed.cluster,
-        parsed.machine,
-    )
+    return Fragment(backend, name, parsed.format, created, known, *owner)
 
 
 def in_scope(f: Fragment, namespace: str | None, cluster: str | None) -> bool:

@@ -139,7 +139,6 @@ def fragment_names(
 
 
 def fragment_tags(
-    *,
     cluster: str,
     machine: str,
     namespace: str,
@@ -152,8 +151,7 @@ def fragment_tags(
 
     Example::
 
-        >>> fragment_tags(cluster="c1", machine="m0", namespace="ns", role="node",
-        ...               fmt="native", expires=now)["Name"]
+        >>> fragment_tags("c1", "m0", "ns", "node", "native", now)["Name"]
         'm0'
     """
     tags = {

@@ -327,15 +327,7 @@ def _prepare(
         config.backend, config.format, config.root, namespace, cluster, machine, len(chunks)
     )
     expires = datetime.datetime.fromtimestamp(wall() + config.ttl_seconds, datetime.timezone.utc)
-    tags = fragment_tags(
-        cluster=cluster,
-        machine=machine,
-        namespace=namespace,
-        role=role,
-        fmt=config.format,
-        expires=expires,
-        extra=config.tags,
-    )
+    tags = fragment_tags(cluster, machine, namespace, role, config.format, expires, config.tags)
     if client is None:
         client = aws_client(
             store.service,

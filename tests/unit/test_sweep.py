@@ -191,30 +191,26 @@ def test_expired_secrets_are_deleted_and_live_ones_kept() -> None:
 
 def test_a_dry_run_makes_no_delete_call() -> None:
     with stubbed("secretsmanager") as (client, stub):
-        stub.add_response(
-            "list_secrets", {"SecretList": [_listed(NAMES[0], "2029-01-01T00:00:00Z")]}
-        )
+        stub.add_response("list_secrets", EXPIRED_PAGE)
         report = sweep(secrets=client, now=NOW, dry_run=True)
     assert _statuses(report) == {NAMES[0]: "would-delete"}
 
 
-def test_a_secret_gone_meanwhile_is_already_gone() -> None:
+def _sweep_one_expired_secret(delete_error: str) -> SweepReport:
+    """A sweep of one expired secret whose DeleteSecret is answered with *delete_error*."""
     with stubbed("secretsmanager") as (client, stub):
-        stub.add_response(
-            "list_secrets", {"SecretList": [_listed(NAMES[0], "2029-01-01T00:00:00Z")]}
-        )
-        stub.add_client_error("delete_secret", "ResourceNotFoundException", http_status_code=400)
-        report = sweep(secrets=client, now=NOW)
+        stub.add_response("list_secrets", EXPIRED_PAGE)
+        stub.add_client_error("delete_secret", delete_error, http_status_code=400)
+        return sweep(secrets=client, now=NOW)
+
+
+def test_a_secret_gone_meanwhile_is_already_gone() -> None:
+    report = _sweep_one_expired_secret("ResourceNotFoundException")
     assert _statuses(report) == {NAMES[0]: "already-gone"}
 
 
 def test_a_denied_delete_is_a_failed_outcome_marked_denied() -> None:
-    with stubbed("secretsmanager") as (client, stub):
-        stub.add_response(
-            "list_secrets", {"SecretList": [_listed(NAMES[0], "2029-01-01T00:00:00Z")]}
-        )
-        stub.add_client_error("delete_secret", "AccessDeniedException", http_status_code=400)
-        report = sweep(secrets=client, now=NOW)
+    report = _sweep_one_expired_secret("AccessDeniedException")
     (failed,) = report.failed
     assert failed.denied
     assert "AccessDeniedException" in str(failed.error)
