@@ -2,20 +2,19 @@
 
 ``tests/e2e/ds_probe.py`` runs with each rootfs's python3 in a chroot: cloud-init's real
 configuration, Paths, Distro, EC2 crawl (over HTTP to a stand-in IMDS on 169.254.169.254),
-pickling and metadata refresh; only the IMDS and the agent are stand-ins. Releases: Debian's own
-cloud-init for each suite of ``SEALBOOT_E2E_SUITES``, and upstream releases from
-``../shared/cloud-init`` (checked against its SHA256SUMS) with their ``cloudinit/`` first on
-``PYTHONPATH`` in the Debian 12 rootfs, which has cloud-init's dependencies. A missing rootfs is
-built by ``scripts/e2e/rootfs.sh``; missing or altered sources fail the test.
+pickling and metadata refresh; only the IMDS and the agent are stand-ins. Releases: those of
+:func:`tests.e2e.harness.e2e_releases`, Debian's own cloud-init (each suite of
+``SEALBOOT_E2E_SUITES``, and sid) and upstream releases whose ``cloudinit/`` replaces Debian's in
+the Debian 12 rootfs (the layer of :meth:`tests.e2e.harness.Images.upstream_layer`, sources from
+``scripts/e2e/cloud_init_sources.py``). A missing rootfs is built by ``scripts/e2e/rootfs.sh``;
+altered sources fail the test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,14 +32,13 @@ from sealboot_agent.wire import (
     random_token,
 )
 from tests.e2e.agent_install import build_dist
-from tests.e2e.harness import NOTICES, REPO, Images, e2e_suites, probe_json
+from tests.e2e.harness import Images, e2e_releases, probe_json
 from tests.e2e.netns import tool
+from tests.e2e.releases import Release, resolve
 from tests.e2e.test_datasource import CONFIG
 
 pytestmark = pytest.mark.e2e
 
-SHARED = Path(os.environ.get("SEALBOOT_CLOUD_INIT_SOURCES", REPO.parent / "shared" / "cloud-init"))
-UPSTREAM = ("24.1.7", "24.4.1")
 PROBE = Path(__file__).with_name("ds_probe.py")
 PROBE_DIR = "/opt/sealboot-probe"
 # Stands in for sealboot-agent: records the call (the manifest as M), then does what the
@@ -63,21 +61,15 @@ case "$mode" in
 esac
 """
 # Runs under `unshare --mount --net --pid --fork`: every mount and the network vanish with it.
-# Upstream sources are bind-mounted read-write, so their bytecode is compiled once per run.
 LAUNCH = """set -eu
-lower="$1" upper="$2" work="$3" root="$4" upstream="$5"
-shift 5
+lower="$1" upper="$2" work="$3" root="$4"
+shift 4
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
 mount -t proc proc "$root/proc"
-pythonpath=""
-if [ -n "$upstream" ]; then
-    mount --bind "$upstream" "$root/opt/sealboot-probe/upstream"
-    pythonpath=/opt/sealboot-probe/upstream
-fi
 ip link set lo up
 ip addr add 169.254.169.254/32 dev lo
 exec chroot "$root" /usr/bin/env -i PATH="$PATH" LANG=C.UTF-8 \
-    ${pythonpath:+PYTHONPATH="$pythonpath"} python3 /opt/sealboot-probe/ds_probe.py "$@"
+    python3 /opt/sealboot-probe/ds_probe.py "$@"
 """
 EC2_DMI = {
     "product_uuid": "ec2e2e00-0000-4000-8000-000000000000",
@@ -90,59 +82,18 @@ EC2_DMI = {
 }
 
 
-@dataclass(frozen=True)
-class Release:
-    """A cloud-init release: Debian's package in *suite*, or *upstream* sources over bookworm."""
-
-    name: str
-    suite: str
-    upstream: str | None = None
-
-
-# CI always has the upstream sources (shared/ beside the clone); a user with only the repository
-# runs the Debian releases, and the run says loudly what it left out.
-if SHARED.is_dir() or os.environ.get("CI") == "true":
-    UPSTREAM_RELEASES = [Release(f"upstream-{v}", "bookworm", v) for v in UPSTREAM]
-else:
-    UPSTREAM_RELEASES = []
-    NOTICES.append(
-        f"datasource vs cloud-init {', '.join(UPSTREAM)}: no sources at {SHARED} "
-        "(set SEALBOOT_CLOUD_INIT_SOURCES to a directory of the release archives + SHA256SUMS)"
-    )
-# Debian unstable carries the newest cloud-init (26.x, what Ubuntu 22.04/24.04 get as updates).
-NEWEST = [Release("debian-sid", "sid")]
-RELEASES = [Release(f"debian-{s}", s) for s in e2e_suites()] + UPSTREAM_RELEASES + NEWEST
-
-
-def upstream_cloudinit(version: str, dest: Path) -> Path:
-    """A directory holding upstream *version*'s ``cloudinit/``, from its checked tarball."""
-    tarball = SHARED / f"cloud-init-{version}.tar.gz"
-    sums = SHARED / "SHA256SUMS"
-    if not (tarball.is_file() and sums.is_file()):
-        pytest.fail(f"{tarball} or {sums} is missing (SEALBOOT_CLOUD_INIT_SOURCES)")
-    want = {n: h for h, n in (line.split() for line in sums.read_text().splitlines() if line)}
-    got = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    if want.get(tarball.name) != got:
-        pytest.fail(f"{tarball.name}: sha256 {got} does not match {sums}")
-    prefix = f"cloud-init-{version}/cloudinit/"
-    with tarfile.open(tarball) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-        if not members:
-            pytest.fail(f"{tarball.name} has no {prefix}")
-        tar.extractall(dest, members=members, filter="data")
-    return dest / f"cloud-init-{version}"
+RELEASES = [resolve(name)[0] for name in e2e_releases()]
 
 
 @dataclass(frozen=True)
 class Layer:
-    """What a probe of one release runs on."""
+    """What a probe of one release runs on: the probe's layer over the image's lower dirs."""
 
     layer: Path
-    rootfs: Path
-    upstream: Path | None  # holds upstream's cloudinit/, for /opt/sealboot-probe/upstream
+    lower: tuple[Path, ...]  # an upstream release's cloudinit/ layer, the rootfs
 
 
-def build_layer(release: Release, dest: Path) -> Path:
+def build_layer(dest: Path) -> Path:
     """What the probe adds over the rootfs: the datasource installed, its drop-in, an EC2 DMI,
     an empty resolv.conf (no DNS to wait for), the probe and the stand-in agent."""
     site = dest / "usr/lib/python3/dist-packages/sealboot_cloudinit"
@@ -162,7 +113,6 @@ def build_layer(release: Release, dest: Path) -> Path:
     shutil.copy(PROBE, probe / PROBE.name)
     (probe / "agent").write_text(AGENT)
     (probe / "agent").chmod(0o755)
-    (probe / "upstream").mkdir()
     (dest / "probe-data").mkdir()
     return dest
 
@@ -176,16 +126,13 @@ class Layers:
         self._built: dict[str, Layer] = {}
 
     def get(self, release: Release) -> Layer:
-        if release.name not in self._built:
-            upstream = None
-            if release.upstream is not None:
-                upstream = upstream_cloudinit(release.upstream, self.workdir / release.name)
-            self._built[release.name] = Layer(
-                build_layer(release, self.workdir / release.name / "layer"),
-                self.images.rootfs(release.suite).path,  # rootfs.sh builds it when not cached
-                upstream,
-            )
-        return self._built[release.name]
+        if release.id not in self._built:
+            # The plain image: rootfs.sh builds a rootfs not cached, and an upstream release
+            # brings its cloudinit/ layer.
+            lower = self.images.plain(release.id).lowerdirs()
+            dest = self.workdir / f"layer-{len(self._built)}"
+            self._built[release.id] = Layer(build_layer(dest), tuple(lower))
+        return self._built[release.id]
 
 
 @pytest.fixture(scope="session")
@@ -198,8 +145,7 @@ class Probe:
 
     def __init__(self, release: Release, layer: Layer, workdir: Path):
         self.release = release
-        self.lower = f"{layer.layer}:{layer.rootfs}"
-        self.upstream = str(layer.upstream or "")
+        self.lower = ":".join(map(str, (layer.layer, *layer.lower)))
         self.upper, self.work, self.root = workdir / "upper", workdir / "work", workdir / "root"
         for d in (self.upper / "probe-data", self.work, self.root):
             d.mkdir(parents=True)
@@ -228,14 +174,13 @@ class Probe:
             str(self.upper),
             str(self.work),
             str(self.root),
-            self.upstream,
             step,
             *args,
         ]
         result, err = probe_json(argv, f"probe {step}", timeout)
         result["stderr"] = err
-        want = "/opt/sealboot-probe/upstream/cloudinit" if self.release.upstream else "/usr/lib"
-        assert result["cloud_init_path"].startswith(want), result["cloud_init_path"]
+        # The upstream layer's cloudinit/ is where Debian's was; its version proves the swap.
+        assert result["cloud_init_path"] == "/usr/lib/python3/dist-packages/cloudinit", result
         if self.release.upstream:
             assert result["cloud_init"] == self.release.upstream
         return result
@@ -278,7 +223,7 @@ def sealed(gz: bool) -> bytes:
     return gzip_deterministic(text) if gz else text
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.name)
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.id)
 def test_hostile_user_data_is_exactly_stock_ec2(release: Release, new_probe: NewProbe) -> None:
     probe = new_probe(release)
 
@@ -318,7 +263,7 @@ def assert_refreshed(refresh: dict[str, Any], want: bytes, calls: int, cloud_ini
     assert len(refresh["agent_calls"]) == calls, where
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.name)
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.id)
 @pytest.mark.parametrize("older", [False, True], ids=["pickle", "older-sealboot-pickle"])
 def test_refresh_after_first_boot_keeps_unsealed_user_data(
     release: Release, older: bool, new_probe: NewProbe
@@ -353,7 +298,7 @@ def test_refresh_after_first_boot_keeps_unsealed_user_data(
     assert "unsealed before; not fetching it again" in probe.log()
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.name)
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.id)
 def test_refresh_with_other_user_data(release: Release, new_probe: NewProbe) -> None:
     """New sealed user data (changed while stopped) is unsealed, plain user data is stock EC2,
     and sealed user data the agent failed on is never fetched again (the boothook had it)."""
