@@ -301,10 +301,10 @@ class Manifest:
         """What a stock CAPA controller wrote: ``<prefix>-<i>`` secrets or ``<prefix>/<i>``
         SSM parameters, for i in 0..count-1."""
         if count < 1:
-            raise WireError("--count must be at least 1")
+            raise WireError("a CAPA manifest names at least 1 fragment")
         # Refuse before building the names: validate() would only see them once allocated.
         if count > MAX_FRAGMENTS:
-            raise WireError(f"--count {count} is over the limit of {MAX_FRAGMENTS} fragments")
+            raise WireError(f"{count} fragments is over the limit of {MAX_FRAGMENTS}")
         sep = "/" if backend == BACKEND_SSM else "-"
         return cls(
             backend=backend,
