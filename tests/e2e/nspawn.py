@@ -99,17 +99,28 @@ Type=oneshot
 ExecStart=/usr/bin/systemd-run --no-block --unit=sealboot-e2e-collect {COLLECT}
 """
 
-COLLECT_SCRIPT = """\
+# cloud-init's units: 22.4 runs four processes; 25.1 one (cloud-init-main) that the four
+# stage units (cloud-init.service renamed cloud-init-network.service) only signal.
+CLOUD_INIT_UNITS = (
+    "cloud-init-main.service",
+    "cloud-init-local.service",
+    "cloud-init.service",
+    "cloud-init-network.service",
+    "cloud-config.service",
+    "cloud-final.service",
+)
+
+COLLECT_SCRIPT = f"""\
 #!/bin/sh
 # sealboot e2e: wait for the boot to settle, copy what the test asserts on to /results, power off.
 out=/results
+CLOUD_INIT_UNITS="{" ".join(CLOUD_INIT_UNITS)}"
 timeout 100 systemctl is-system-running --wait >"$out/state" 2>&1
 systemctl --failed --no-legend --plain >"$out/failed" 2>&1
 systemctl list-jobs --no-legend >"$out/jobs" 2>&1
 cloud-init status --long >"$out/status.out" 2>&1
 echo $? >"$out/status.rc"
-systemctl show --property=Id,ActiveState,Result cloud-init-local.service cloud-init.service \\
-    cloud-init-main.service cloud-config.service cloud-final.service >"$out/units" 2>&1
+systemctl show --property=Id,LoadState,ActiveState,Result $CLOUD_INIT_UNITS >"$out/units" 2>&1
 systemd-analyze >"$out/analyze" 2>&1
 # What the generator and ds-identify decided (/run is gone after the power-off).
 cp /run/cloud-init/cloud.cfg "$out/ds-identify.cfg" 2>/dev/null
@@ -235,6 +246,15 @@ class SystemdBoot:
         """cloud-init 23.4+: ``done``, ``degraded done``, ...; else the plain status."""
         m = re.search(r"^extended_status: (.*)$", self.status_long, re.M)
         return m.group(1).strip() if m else self.status
+
+    def unit_states(self) -> dict[str, dict[str, str]]:
+        """``systemctl show`` of cloud-init's units: Id -> LoadState, ActiveState, Result."""
+        found: dict[str, dict[str, str]] = {}
+        for block in self.units.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if "Id" in props:
+                found[props.pop("Id")] = props
+        return found
 
     @property
     def errors(self) -> list[str]:

@@ -132,6 +132,14 @@ def assert_running(boot: SystemdBoot, stock: StockBoot | None = None) -> None:
     assert boot.status_returncode == 0, why
     assert boot.errors == [], why
     assert "enabled" in boot.run_cloud_init, f"the generator did not enable cloud-init\n{why}"
+    units = boot.unit_states()
+    loaded = {name: u for name, u in units.items() if u.get("LoadState") == "loaded"}
+    assert {"cloud-init-local.service", "cloud-config.service", "cloud-final.service"} <= set(
+        loaded
+    ), why
+    assert {name: u["Result"] for name, u in loaded.items()} == dict.fromkeys(loaded, "success"), (
+        why
+    )
     baseline = stock.boot if stock is not None else boot
     assert boot.extended_status in ("done", baseline.extended_status), why
     assert boot.recoverable_errors in ({}, baseline.recoverable_errors), why
@@ -142,6 +150,7 @@ def assert_running(boot: SystemdBoot, stock: StockBoot | None = None) -> None:
 
 def assert_no_payload(inst: SystemdInstance, boot: SystemdBoot, token: str) -> None:
     """Not a byte of the secret in the journal, the results, the console or /var/log."""
+    assert "Cloud-init v." in boot.journal, "the journal holds cloud-init's output"
     for path in sorted(boot.out_dir.rglob("*")):
         if path.is_file():
             assert_no_secret(path.read_bytes(), token, str(path))
@@ -162,6 +171,12 @@ def test_stock_ec2_boot_reaches_running(
     assert re.search(r"^datasource_list: \[ ?Ec2, None ?\]", boot.ds_identify_cfg, re.M), (
         boot.ds_identify_cfg
     )
+    # 25.1 runs as one process, cloud-init-main.service; the stage units only signal it.
+    units = boot.unit_states()
+    single = not stock.inst.image.rootfs.cloud_init_version.startswith("22.")
+    assert (units["cloud-init-main.service"]["LoadState"] == "loaded") == single, boot.units
+    if single:
+        assert "Started cloud-init-main.service" in boot.journal, boot.describe()
     # cloud-init 22.4's Ec2Local always asks DHCP for a lease first; in the container it may not
     # bring eth0 up (no CAP_NET_ADMIN) and no DHCP server answers. It logs that, and the network
     # stage then finds Ec2. 25.1 sees that eth0 already has an address and skips DHCP.
