@@ -6,8 +6,14 @@ network namespace with moto server and the IMDS emulator, and every instance's o
 unmounted when its test ends.
 
 Environment:
-    SEALBOOT_CACHE       cache root for rootfs and wheels (default /var/cache/sealboot)
+    SEALBOOT_CACHE       cache root for rootfs, wheels and cloud-init sources
+                         (default /var/cache/sealboot)
     SEALBOOT_E2E_SUITES  Debian suites to boot (default: bullseye bookworm trixie)
+    SEALBOOT_E2E_RELEASES  cloud-init releases to boot: suites and upstream versions
+                         (default: the suites, sid, 22.2.2 23.4.4 24.1.7 24.4.1)
+    SEALBOOT_CLOUD_INIT_SOURCES  directory of the upstream release archives
+                         (default: ../shared/cloud-init beside the repository, if any)
+    CI=true              missing upstream sources fail the run instead of leaving releases out
 """
 
 from __future__ import annotations
