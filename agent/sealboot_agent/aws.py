@@ -23,6 +23,7 @@ from botocore.credentials import CredentialProvider, CredentialResolver, Refresh
 from sealboot_agent import __version__
 from sealboot_agent.deadline import Deadline
 from sealboot_agent.imds import Imds, RoleCredentials
+from sealboot_agent.stores import STORES
 
 Client = Any
 
@@ -59,10 +60,10 @@ def client_config(deadline: Deadline, max_attempts: int = 2, use_fips: bool = Fa
 
 class _Loader(botocore.loaders.Loader):  # type: ignore[misc]
     """botocore's loader, minus the scan of every service directory (hundreds) that it does
-    to validate a service name on each new client: the agent only ever asks for these two."""
+    to validate a service name on each new client: the agent only asks for its stores'."""
 
     def list_available_services(self, type_name: str) -> list[str]:
-        return ["secretsmanager", "ssm"]
+        return [store.service for store in STORES.values()]
 
 
 @functools.lru_cache(maxsize=1)

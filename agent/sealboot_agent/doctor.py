@@ -33,7 +33,7 @@ from sealboot_agent.stores import (
     Probed,
     Store,
 )
-from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, BACKEND_SSM, Manifest
+from sealboot_agent.wire import BACKEND_SECRETS_MANAGER, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,27 @@ _SEE_ENDPOINT = (
     "see the endpoint and credentials checks above; if they passed, run doctor again "
     "(AWS may have throttled or failed for a moment)"
 )
-_DESCRIBE_DENIED = (
-    "the node policy ('sealboot policy --role node') grants GetSecretValue, which reads the "
-    "value, but not DescribeSecret, and doctor reads no secret value. Nothing to fix: fetch "
-    "reports a missing fragment itself (exit 4). To let doctor check, also grant "
-    "secretsmanager:DescribeSecret on the fragments"
-)
-_GET_PARAMETERS_DENIED = (
-    "the instance role may not call ssm:GetParameters, which fetch needs too: grant it "
-    "ssm:GetParameters and ssm:DeleteParameters on the fragments ('sealboot policy --role node "
-    "--backend ssm'). Doctor does not try DescribeParameters, which the node policy never grants"
-)
+
+
+def _probe_denied(store: Store) -> tuple[str, str]:
+    """The verdict and the advice when the store's metadata probe is denied.
+
+    Where the node policy grants the probe (it is also how fetch reads), a denial will stop a
+    fetch: FAIL. Where it does not (Secrets Manager's DescribeSecret), doctor just cannot look.
+    """
+    probe = f"{store.service}:{store.probe_operation}"
+    if probe in store.node_actions:
+        return FAIL, (
+            f"the instance role may not call {probe}, which fetch needs too: grant it "
+            f"{' and '.join(store.node_actions)} on the fragments ('sealboot policy --role "
+            f"node --backend {store.backend}')"
+        )
+    return SKIP, (
+        f"the node policy ('sealboot policy --role node') grants {store.node_actions[0]}, "
+        f"which reads the value, but not {probe}, and doctor reads no secret value. Nothing to "
+        "fix: fetch reports a missing fragment itself (exit 4). To let doctor check, also grant "
+        f"{probe} on the fragments"
+    )
 
 
 @dataclass(frozen=True)
@@ -348,14 +358,6 @@ def _failed_call(what: str, exc: Exception) -> tuple[str, str, str]:
     return text, text, ""
 
 
-# Per backend: the verdict when the probe is denied, and what to do. Secrets Manager's probe
-# (DescribeSecret) is not a fetch permission; SSM's (GetParameters) is one.
-_PROBE_DENIED = {
-    BACKEND_SECRETS_MANAGER: (SKIP, _DESCRIBE_DENIED),
-    BACKEND_SSM: (FAIL, _GET_PARAMETERS_DENIED),
-}
-
-
 def _verdict(store: Store, probed: Probed) -> Check:
     name, detail = probed.name, probed.detail
     if probed.state == MISSING:
@@ -404,7 +406,7 @@ def _fragments(store: Store, client: Any, names: Sequence[str]) -> list[Check]:
             rest = len(names) - done
             if code in DENIED:
                 # One denial is enough: the rest would be denied too, each logged by CloudTrail.
-                verdict, todo = _PROBE_DENIED[store.backend]
+                verdict, todo = _probe_denied(store)
                 if verdict == SKIP:
                     out.append(Check("fragments", SKIP, f"{rest} not checked: {short}; {todo}"))
                 else:
