@@ -105,11 +105,15 @@ def upstream_sources() -> Sources:
         timeout=2400,
         check=False,
     )
-    if res.returncode not in (0, 1, 3):
-        # A broken setting (SEALBOOT_CLOUD_INIT_SOURCES is no directory): every release says so.
+    try:
+        answer = json.loads(res.stdout) if res.returncode in (0, 1, 3) else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        # A broken setting (SEALBOOT_CLOUD_INIT_SOURCES is no directory, an unwritable cache):
+        # every release fails with the script's last words.
         why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"
         return Sources({}, {}, dict.fromkeys(UPSTREAM_LABELS, why))
-    answer = json.loads(res.stdout)
     return Sources(
         {v: Path(p) for v, p in answer["sources"].items()}, answer["missing"], answer["errors"]
     )
