@@ -19,13 +19,15 @@ Example::
 
 from __future__ import annotations
 
-import email.message
 import re
 import shlex
 import string
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import email.message
 
 _CHUNK = 64 * 1024
 # cloud-init's handlers.INCLUSION_TYPES_MAP, union over 20.4..26.x; matched lowercased.
@@ -370,9 +372,10 @@ def cleanup_text(paths: list[str]) -> bytes:
 
 def failure_text(message: str) -> bytes:
     """A user script that fails, so ``cloud-init status`` reports the fetch's failure."""
+    line = shlex.quote("sealboot: " + message)
     return (
         "#!/bin/sh\n"
-        f"echo {shlex.quote('sealboot: ' + message)} >&2\n"
+        f"echo {line} >&2\n"
         "echo 'sealboot: see the sealboot lines in /var/log/cloud-init-output.log' >&2\n"
         "exit 1\n"
     ).encode()

@@ -115,6 +115,20 @@ def _shake(tree: ast.Module, roots: set[str]) -> ast.Module:
     return tree
 
 
+def _readable_by_python39(tree: ast.Module, module: str) -> None:
+    """Refuse a string inside an f-string's braces: Python 3.12+ unparses it as 3.9 cannot read."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FormattedValue) and any(
+            isinstance(sub, ast.JoinedStr)
+            or (isinstance(sub, ast.Constant) and isinstance(sub.value, (str, bytes)))
+            for sub in ast.walk(node.value)
+        ):
+            raise AssertionError(
+                f"{module}:{node.lineno}: a string inside an f-string's braces; the boothook's "
+                "python3 may be 3.9, which cannot read what Python 3.12+ writes for it"
+            )
+
+
 def embedded_trees() -> dict[str, ast.Module]:
     """Each embedded agent module as the boothook carries it: what the fallback's entry reaches."""
     trees: dict[str, ast.Module] = {}
@@ -122,6 +136,7 @@ def embedded_trees() -> dict[str, ast.Module]:
     for module in EMBEDDED.values():
         source = resources.files("sealboot_agent").joinpath(module).read_text()
         trees[module] = _shake(_strip(ast.parse(source)), roots)
+        _readable_by_python39(trees[module], module)
         # The next module (userdata.py) must define what this one uses of it.
         roots = {
             node.attr
@@ -199,13 +214,14 @@ def q(value: str) -> str:
 def _assignments(manifest: Manifest, handoff: str) -> str:
     text = manifest.to_json()
     lines = [f"SEALBOOT_ID={q(manifest.manifest_id)}", f"SEALBOOT_HANDOFF={q(handoff)}"]
-    # Single quotes keep '$' and backticks in an endpoint URL as data; shellcheck's SC2016
-    # ("expressions don't expand in single quotes") is exactly the point here.
-    lines.append("# shellcheck disable=SC2016")
+    if "$" in text or "`" in text:
+        # Single quotes keep '$' and backticks in an endpoint URL as data; shellcheck's SC2016
+        # ("expressions don't expand in single quotes") is exactly the point here.
+        lines.append("# shellcheck disable=SC2016")
     lines.append("{")
-    lines.append(f"{MANIFEST_VAR}=''")
     for start in range(0, len(text), _CHUNK):
-        lines.append(f"{MANIFEST_VAR}+={q(text[start : start + _CHUNK])}")
+        op = "+=" if start else "="
+        lines.append(f"{MANIFEST_VAR}{op}{q(text[start : start + _CHUNK])}")
     lines.append("}")
     return "\n".join(lines)
 
@@ -232,6 +248,8 @@ def _mime(manifest: Manifest, handoff: str) -> str:
     outer = MIMEMultipart(boundary=f"==sealboot-{manifest.manifest_id[:16]}==")
     part = MIMEText(render_boothook(manifest, handoff), "cloud-boothook", "us-ascii")
     part.add_header("Content-Disposition", "attachment", filename="sealboot.sh")
+    # The outer message says it once; cloud-init reads a part without it.
+    del part["MIME-Version"]
     outer.attach(part)
     if handoff == "capa":
         # CAPA's legacy layout; stock cloud-init 20.3+ refuses the missing file (README).

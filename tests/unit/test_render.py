@@ -89,10 +89,10 @@ def boothook_of(userdata: str) -> str:
 
 
 def assignments_of(script: str) -> str:
-    """The lines between ``umask 077`` and the ``# SEALBOOT_ROOT`` comment."""
+    """The lines between ``umask 077`` and the first line that uses ``SEALBOOT_ROOT``."""
     lines = script.splitlines()
     start = lines.index("umask 077") + 1
-    end = next(i for i, line in enumerate(lines) if line.startswith("# SEALBOOT_ROOT"))
+    end = next(i for i, line in enumerate(lines) if "SEALBOOT_ROOT" in line)
     assert start < end
     return "\n".join(lines[start:end])
 
@@ -363,29 +363,124 @@ def test_boothook_does_nothing_once_the_done_marker_exists(tmp_path: Path) -> No
 
 # --- the AWS CLI fallback carries the agent's own code ----------------------------------------
 
+AGENT = Path(__file__).parents[2] / "agent/sealboot_agent"
+EMBEDDED = [("SEALBOOT_USERDATA_PY", "userdata.py"), ("SEALBOOT_FALLBACK_PY", "fallback.py")]
+
 
 def _heredoc(script: str, delimiter: str) -> str:
-    start = script.index(f"<<'{delimiter}'\n") + len(delimiter) + 4
+    start = script.index(f"<<'{delimiter}'\n") + len(delimiter) + 5
     return script[start : script.index(f"\n{delimiter}\n", start)]
 
 
-def _without_docstrings(source: str) -> str:
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body:
-            first = body[0]
-            value = first.value if isinstance(first, ast.Expr) else None
-            if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+class _Normalise(ast.NodeTransformer):
+    """What render may drop: docstrings, and annotations Python does not evaluate here."""
+
+    def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        first = body[0].value if body and isinstance(body[0], ast.Expr) else None
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            body = body[1:] or [ast.Pass()]
+        return body
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        node.body = self._body(node.body)
+        return self.generic_visit(node)  # type: ignore[return-value]
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
+        # Class-level annotations stay: they are dataclass fields.
+        node.body = [
+            self.visit(s) if not isinstance(s, ast.AnnAssign) else s for s in self._body(node.body)
+        ]
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        node.body = self._body(node.body)
+        node.returns = None
+        for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
+            arg.annotation = None
+        for star in (node.args.vararg, node.args.kwarg):
+            if star is not None:
+                star.annotation = None
+        return self.generic_visit(node)  # type: ignore[return-value]
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.stmt:
+        if node.value is None:
+            return node
+        return ast.Assign(targets=[node.target], value=node.value, lineno=node.lineno)
 
 
-@pytest.mark.parametrize(
-    ("delimiter", "module"),
-    [("SEALBOOT_USERDATA_PY", "userdata.py"), ("SEALBOOT_FALLBACK_PY", "fallback.py")],
-)
+def _statements(source: str) -> list[str]:
+    return [ast.dump(s) for s in _Normalise().visit(ast.parse(source)).body]
+
+
+def _defines(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+        else:
+            names.update(
+                n.id
+                for n in ast.walk(stmt)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            )
+    return names
+
+
+@pytest.mark.parametrize(("delimiter", "module"), EMBEDDED)
 def test_the_fallback_runs_the_same_code_as_the_agent(delimiter: str, module: str) -> None:
-    embedded = _heredoc(render_boothook(manifest(3)), delimiter)
-    source = (Path(__file__).parents[2] / "agent/sealboot_agent" / module).read_text()
-    assert ast.dump(ast.parse(embedded)) == _without_docstrings(source)
+    # The embedded statements, in order, are the module's own (same AST), some left out.
+    embedded = [
+        ast.dump(s) for s in ast.parse(_heredoc(render_boothook(manifest(3)), delimiter)).body
+    ]
+    source = _statements((AGENT / module).read_text())
+    it = iter(source)
+    assert all(any(stmt == s for s in it) for stmt in embedded), (
+        f"{module} differs from the agent's"
+    )
+    assert len(embedded) >= 10
+
+
+def test_embedded_code_leaves_out_nothing_it_uses() -> None:
+    script = render_boothook(manifest(3))
+    trees = {m: ast.parse(_heredoc(script, d)) for d, m in EMBEDDED}
+    for module, tree in trees.items():
+        everything = _defines(ast.parse((AGENT / module).read_text()))
+        used = {
+            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+        }
+        assert (used & everything) <= _defines(tree), module
+    wanted = {
+        n.attr
+        for n in ast.walk(trees["fallback.py"])
+        if isinstance(n, ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "userdata"
+    }
+    assert wanted <= _defines(trees["userdata.py"])
+    assert "main" in _defines(trees["fallback.py"])
+    # Left out: what only the agent, the datasource and inspect use.
+    assert "sealed_boothook" not in _defines(trees["userdata.py"])
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def test_the_embedded_code_is_tightened() -> None:
+    # Same AST (test above), fewer bytes: one space a level, no blank line, no optional space.
+    script = render_boothook(manifest(3))
+    for delimiter, _ in EMBEDDED:
+        code = _heredoc(script, delimiter)
+        plain = [line for line in ast.unparse(ast.parse(code)).splitlines() if line.strip()]
+        assert [_indent(line) for line in code.splitlines()] == [_indent(p) // 4 for p in plain]
+        assert len(code) < 0.9 * len(ast.unparse(ast.parse(code)))
+
+
+def test_a_string_inside_f_string_braces_is_refused() -> None:
+    # Python 3.12+ would unparse f"{m['k']}" with the same quotes inside, which 3.9 cannot read.
+    tree = ast.parse("x = f\"{m['k']}\"\n")
+    with pytest.raises(AssertionError, match="f-string"):
+        render_mod._readable_by_python39(tree, "x.py")
+    render_mod._readable_by_python39(ast.parse('x = f"{m[k]!r:>{w}}"\n'), "x.py")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import secrets
+import uuid
 
 import pytest
 
@@ -28,12 +30,55 @@ def _manifest(count: int) -> Manifest:
     )
 
 
-def test_one_fragment_user_data_fits_the_stated_budget() -> None:
-    # The boothook carries the AWS CLI fallback's code; gzip keeps it far below EC2's 16 KB.
-    m = _manifest(1)
-    data = render_userdata(m)
-    assert len(data) <= ONE_FRAGMENT_BUDGET
-    assert gzip.decompress(data) == render(m).encode()
+def _sealed(names: list[str], endpoint: str | None) -> Manifest:
+    """A manifest as ``sealboot seal`` writes it: a real digest (incompressible), sizes, labels."""
+    return Manifest(
+        backend="secrets-manager",
+        format="native",
+        fragments=tuple(names),
+        region="eu-west-1",
+        endpoint_url=endpoint,
+        sha256=secrets.token_hex(32),
+        size=1_234_567,
+        raw_size=7_654_321,
+        labels={"namespace": "default", "cluster": "c1", "machine": "m1"},
+    )
+
+
+def _native(count: int, namespace: str, cluster: str, machine: str) -> list[str]:
+    return native_fragment_names(DEFAULT_ROOT, namespace, cluster, machine, count, random_token())
+
+
+def test_the_one_fragment_budget_is_8_kb() -> None:
+    assert ONE_FRAGMENT_BUDGET <= 8 * 1024
+
+
+@pytest.mark.parametrize("endpoint", [None, "https://secretsmanager.eu-west-1.amazonaws.com"])
+@pytest.mark.parametrize("handoff", ["cloud-init", "capa"])
+def test_one_fragment_user_data_fits_the_stated_budget(endpoint: str | None, handoff: str) -> None:
+    # The boothook carries the AWS CLI fallback's code; gzip keeps it within the budget.
+    for m in (
+        _sealed(_native(1, "default", "c1", "m1"), endpoint),
+        Manifest.capa(
+            f"{DEFAULT_ROOT}/{uuid.uuid4()}", 1, region="us-east-1", endpoint_url=endpoint
+        ),
+    ):
+        data = render_userdata(m, handoff)
+        assert len(data) <= ONE_FRAGMENT_BUDGET, (m.format, len(data))
+        assert gzip.decompress(data) == render(m, handoff).encode()
+
+
+def test_typical_manifests_stay_well_under_ec2s_limit() -> None:
+    # Nine fragments (CAPA's split of a ~60 KB bootstrap), names as long as real clusters use.
+    long_names = _native(
+        9, "team-platform-prod", "prod-eu-west-1-blue", "prod-eu-west-1-blue-md-0-7f9c8d6b5-x2k4q"
+    )
+    for m in (
+        _sealed(long_names, "https://secretsmanager.eu-west-1.amazonaws.com"),
+        Manifest.capa(f"{DEFAULT_ROOT}/{uuid.uuid4()}", 9, region="eu-west-1"),
+    ):
+        size = len(render_userdata(m))
+        assert size <= 0.75 * EC2_USERDATA_MAX, (m.format, size)
 
 
 def test_large_manifests_are_gzipped_and_still_inspectable() -> None:

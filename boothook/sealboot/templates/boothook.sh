@@ -9,11 +9,10 @@ umask 077
 
 # SEALBOOT_ROOT (empty on a real instance) lets tests run this script against a scratch root.
 sb_root="${SEALBOOT_ROOT:-}"
-sb_log="${sb_root}/var/log/cloud-init-output.log"
 mkdir -p "${sb_root}/var/log"
 # cloud-init 22.4 throws boothook output away and 23.4+ tees it; appending here ourselves
 # puts every line in cloud-init-output.log exactly once on both.
-exec >>"$sb_log" 2>&1
+exec >>"${sb_root}/var/log/cloud-init-output.log" 2>&1
 
 sb_say() {
     printf '%s sealboot-boothook[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*"
