@@ -56,6 +56,7 @@ from tests.e2e.harness import (
     build_rootfs,
     mount_overlay,
     plain_image,
+    run_killable,
     unmount,
     warnings,
 )
@@ -73,15 +74,11 @@ COLLECT = "/usr/local/sbin/sealboot-e2e-collect"
 
 # Ec2 against the emulator: ds-identify's strict check would look at DMI, which a container
 # lacks; short waits, because the emulator answers at once or not at all.
-EC2_CONFIG = """\
-# sealboot e2e (systemd-nspawn): the EC2 datasource talks to the IMDSv2 emulator.
-datasource:
-  Ec2:
-    strict_id: false
-    metadata_urls: ["http://169.254.169.254"]
-    timeout: 5
-    max_wait: 30
-"""
+EC2_CONFIG = (
+    "# sealboot e2e (systemd-nspawn): the EC2 datasource talks to the IMDSv2 emulator.\n"
+    'datasource: {Ec2: {strict_id: false, metadata_urls: ["http://169.254.169.254"], '
+    "timeout: 5, max_wait: 30}}\n"
+)
 # Overrides rootfs.sh's [NoCloud, None]; in datasource mode install.sh's 96-*.cfg does that.
 EC2_LIST = "datasource_list: [Ec2, None]\n"
 
@@ -133,14 +130,8 @@ systemctl --no-block poweroff
 
 def nspawn_binary() -> Path:
     """``systemd-nspawn``, unpacked into the cache by ``scripts/e2e/nspawn.sh`` when needed."""
-    res = subprocess.run(
-        [str(SCRIPTS / "nspawn.sh")],
-        env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}"}
+    res = run_killable([str(SCRIPTS / "nspawn.sh")], 600, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"scripts/e2e/nspawn.sh exited {res.returncode}:\n{res.stderr}")
     return Path(res.stdout.strip().splitlines()[-1])
@@ -236,16 +227,19 @@ class SystemdBoot:
     output_log: str
     cloud_init_data: dict[str, Any] = field(default_factory=dict)  # status.json, result.json
 
+    def status_field(self, key: str) -> str:
+        """One ``key: value`` line of ``cloud-init status --long``; empty when it is not there."""
+        m = re.search(rf"^{key}: (.*)$", self.status_long, re.M)
+        return m.group(1).strip() if m else ""
+
     @property
     def status(self) -> str:
-        m = re.search(r"^status: (.*)$", self.status_long, re.M)
-        return m.group(1).strip() if m else ""
+        return self.status_field("status")
 
     @property
     def extended_status(self) -> str:
         """cloud-init 23.4+: ``done``, ``degraded done``, ...; else the plain status."""
-        m = re.search(r"^extended_status: (.*)$", self.status_long, re.M)
-        return m.group(1).strip() if m else self.status
+        return self.status_field("extended_status") or self.status
 
     def unit_states(self) -> dict[str, dict[str, str]]:
         """``systemctl show`` of cloud-init's units: Id -> LoadState, ActiveState, Result."""
@@ -365,28 +359,30 @@ class SystemdInstance(Instance):
             "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network",
         }
         start = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
+        # The console goes to a file: nothing to drain while waiting, and it stays for a look.
+        console_log = self.workdir / f"systemd-console-{number}.log"
+        with console_log.open("wb") as console_file:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=console_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         timed_out = False
         try:
-            console, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             # SIGTERM makes nspawn halt the container cleanly; then no more waiting.
             proc.send_signal(signal.SIGTERM)
             try:
-                console, _ = proc.communicate(timeout=20)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                console, _ = proc.communicate()
+                proc.wait()
+        console = console_log.read_text(errors="replace")
         seconds = time.monotonic() - start
         TIMINGS.append(Timing(f"systemd boot {self.image.suite} ({self.mode}, #{number})", seconds))
         boot = self._result(number, seconds, proc.returncode, console, out)

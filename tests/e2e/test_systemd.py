@@ -191,21 +191,34 @@ def test_stock_ec2_boot_reaches_running(
     }, boot.describe()
 
 
-def sealed_boot(
-    suite: str,
-    mode: Mode,
+@dataclass
+class Boots:
+    """What a test boots with: a suite's stock baseline, new instances, the AWS stack."""
+
+    stock: Callable[[str], StockBoot]
+    new: NewSystemdInstance
+    aws: InstanceNetwork
+    tmp_path: Path
+
+    def sealed(self, suite: str, mode: Mode) -> tuple[SystemdInstance, str, SystemdBoot]:
+        """Seal the payload, serve it as EC2 user data, boot an instance of *mode* once."""
+        token = secrets.token_hex(16)
+        sealed = self.aws.seal(sealed_payload(token), self.tmp_path / "seal")
+        assert token.encode() not in sealed.userdata
+        assert self.aws.secret_names() == sorted(sealed.manifest.fragments)
+        inst = self.new(suite, mode)
+        self.aws.stack.identity.user_data = sealed.userdata
+        return inst, token, inst.power_on()
+
+
+@pytest.fixture
+def boots(
+    stock_boots: Callable[[str], StockBoot],
     new_systemd_instance: NewSystemdInstance,
     aws: InstanceNetwork,
     tmp_path: Path,
-) -> tuple[SystemdInstance, str, SystemdBoot]:
-    """Seal the payload, serve it as EC2 user data, boot an instance of *mode* once."""
-    token = secrets.token_hex(16)
-    sealed = aws.seal(sealed_payload(token), tmp_path / "seal")
-    assert token.encode() not in sealed.userdata
-    assert aws.secret_names() == sorted(sealed.manifest.fragments)
-    inst = new_systemd_instance(suite, mode)
-    aws.stack.identity.user_data = sealed.userdata
-    return inst, token, inst.power_on()
+) -> Boots:
+    return Boots(stock_boots, new_systemd_instance, aws, tmp_path)
 
 
 def assert_payload_took_effect(inst: SystemdInstance, token: str, aws: InstanceNetwork) -> None:
@@ -246,15 +259,9 @@ def reboot_changes_nothing(
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_boothook_hand_off_under_systemd(
-    suite: str,
-    stock_boots: Callable[[str], StockBoot],
-    new_systemd_instance: NewSystemdInstance,
-    aws: InstanceNetwork,
-    tmp_path: Path,
-) -> None:
-    stock = stock_boots(suite)
-    inst, token, boot = sealed_boot(suite, "boothook", new_systemd_instance, aws, tmp_path)
+def test_boothook_hand_off_under_systemd(suite: str, boots: Boots) -> None:
+    stock, aws = boots.stock(suite), boots.aws
+    inst, token, boot = boots.sealed(suite, "boothook")
 
     assert_running(boot, stock)
     assert re.search(r"^datasource_list: \[ ?Ec2, None ?\]", boot.ds_identify_cfg, re.M)
@@ -272,21 +279,15 @@ def test_boothook_hand_off_under_systemd(
     assert sum("nothing to do" in line for line in new.splitlines()) == 1, new
 
 
-def datasource_boot(
-    suite: str,
-    stock: StockBoot,
-    new_systemd_instance: NewSystemdInstance,
-    aws: InstanceNetwork,
-    tmp_path: Path,
-) -> tuple[SystemdInstance, str]:
+def datasource_boot(suite: str, boots: Boots) -> tuple[SystemdInstance, str]:
     """A first boot in datasource mode, which must unseal on cloud-init's first pass."""
-    inst, token, boot = sealed_boot(suite, "datasource", new_systemd_instance, aws, tmp_path)
+    inst, token, boot = boots.sealed(suite, "datasource")
 
-    assert_running(boot, stock)
+    assert_running(boot, boots.stock(suite))
     assert re.search(r"^datasource_list: \[ ?Sealboot, None ?\]", boot.ds_identify_cfg, re.M), (
         boot.ds_identify_cfg
     )
-    assert_payload_took_effect(inst, token, aws)
+    assert_payload_took_effect(inst, token, boots.aws)
     # The datasource ran the agent before cloud-init read the user data; no boothook ran.
     assert boot.cloud_init_log.count("sealboot: unsealed") == 1, boot.describe()
     assert "sealboot-boothook" not in boot.output_log
@@ -295,14 +296,8 @@ def datasource_boot(
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_sealboot_datasource_under_systemd(
-    suite: str,
-    stock_boots: Callable[[str], StockBoot],
-    new_systemd_instance: NewSystemdInstance,
-    aws: InstanceNetwork,
-    tmp_path: Path,
-) -> None:
-    datasource_boot(suite, stock_boots(suite), new_systemd_instance, aws, tmp_path)
+def test_sealboot_datasource_under_systemd(suite: str, boots: Boots) -> None:
+    datasource_boot(suite, boots)
 
 
 # A known bug, found by these boots (the chroot harness has no datasource reboot): on a real
@@ -317,18 +312,11 @@ REDISCOVERY_BUG = (
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_sealboot_datasource_reboot_is_a_no_op(
-    suite: str,
-    stock_boots: Callable[[str], StockBoot],
-    new_systemd_instance: NewSystemdInstance,
-    aws: InstanceNetwork,
-    tmp_path: Path,
-) -> None:
-    stock = stock_boots(suite)
-    inst, token = datasource_boot(suite, stock, new_systemd_instance, aws, tmp_path)
+def test_sealboot_datasource_reboot_is_a_no_op(suite: str, boots: Boots) -> None:
+    inst, token = datasource_boot(suite, boots)
 
     try:
-        again = reboot_changes_nothing(inst, token, aws, stock)
+        again = reboot_changes_nothing(inst, token, boots.aws, boots.stock(suite))
     except AssertionError:
         # xfail on exactly the known symptom; anything else fails, and a fix makes this pass.
         again = inst.systemd_boots[-1]
