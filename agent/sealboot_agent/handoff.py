@@ -71,13 +71,33 @@ def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
     try:
         data = cfg.path(cfg.output).read_bytes()
     except OSError as exc:
-        raise StateError(
-            f"the user data was handed over already and {cfg.output} is gone ({exc.strerror})",
-            hint="cloud-init keeps its own copy for this instance; nothing to fetch again",
-        ) from exc
+        # After the first boot the cleanup script has removed our copy; on a reboot cloud-init
+        # may rediscover the datasource (22.4 and 25.1's Ec2 cannot check the instance id) and
+        # ask again. cloud-init's own copy of what it was handed is then the durable one.
+        copy = _cloud_init_copy(cfg)
+        if copy is None:
+            raise StateError(
+                f"the user data was handed over already and {cfg.output} is gone ({exc.strerror})",
+                hint="cloud-init keeps its own copy for this instance; nothing to fetch again",
+            ) from exc
+        where, data = copy
+    else:
+        where = cfg.output
     if state.output_sha256 is None or sha256_hex(data) != state.output_sha256:
-        raise StateError(f"{cfg.output} does not match the digest recorded when it was written")
+        raise StateError(f"{where} does not match the digest recorded when it was written")
     return data
+
+
+def _cloud_init_copy(cfg: AgentConfig) -> tuple[str, bytes] | None:
+    """cloud-init's ``user-data.txt`` of this instance, when there is one to read."""
+    instance_id = cloud_init_instance_id(cfg)
+    if instance_id is None:
+        return None
+    path = instance_dir(cfg.root, instance_id) / "user-data.txt"
+    try:
+        return f"/{path.relative_to(cfg.root)}", path.read_bytes()
+    except OSError:
+        return None
 
 
 def refusal(exc: userdata.Refused) -> AgentError:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import (
+    BIN,
     SECRET_MARKER,
     Instance,
     assert_fragments_intact,
@@ -154,3 +155,43 @@ def test_capa_handoff_keeps_the_legacy_layout(instance: Instance, tmp_path: Path
     assert instance.cloud_config_parts() == []
     assert "would restart cloud-init" in instance.log
     assert secret_names(instance.stack) == []
+
+
+def test_stdout_hand_off_after_a_reboot_serves_cloud_inits_verified_copy(
+    instance: Instance, tmp_path: Path
+) -> None:
+    # A reboot in datasource mode: the cleanup script removed our copy after the first boot, and
+    # cloud-init (22.4, 25.1: Ec2 cannot check the instance id) rediscovers the datasource.
+    payload = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
+    sealed = seal(instance.stack, tmp_path, payload)
+    iid = instance.stack.identity.instance_id
+    argv = ("fetch", "--handoff", "stdout", "--manifest", str(sealed.manifest_path))
+    argv += ("--instance-id", iid)
+
+    def fetch() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(BIN / "sealboot-agent"), *argv, "--root", str(instance.root)],
+            env=instance.env(),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+    first = fetch()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == payload
+    (instance.root / "var/lib/sealboot/userdata").unlink()
+    cloud_init_copy = instance.root / f"var/lib/cloud/instances/{iid}/user-data.txt"
+    cloud_init_copy.write_bytes(payload)
+
+    again = fetch()
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == payload
+    assert_no_secret(again.stderr.decode(errors="replace"), payload)
+
+    cloud_init_copy.write_bytes(payload + b"# changed\n")
+    changed = fetch()
+    assert changed.returncode != 0
+    assert changed.stdout == b""
+    assert b"does not match the digest" in changed.stderr
