@@ -56,7 +56,6 @@ class Target:
     def of(
         cls,
         manifest: Manifest | None,
-        *,
         region: str | None = None,
         endpoint_url: str | None = None,
         use_fips: bool = False,
@@ -112,12 +111,7 @@ class AgentConfig:
     @property
     def target(self) -> Target:
         """Backend, region, endpoint and FIPS: the flags over the manifest."""
-        return Target.of(
-            self.manifest,
-            region=self.region,
-            endpoint_url=self.endpoint_url,
-            use_fips=self.use_fips,
-        )
+        return Target.of(self.manifest, self.region, self.endpoint_url, self.use_fips)
 
 
 def pick(cli: str | None, env: Mapping[str, str], key: str) -> str | None:

@@ -84,13 +84,7 @@ class DoctorConfig:
     @property
     def target(self) -> Target:
         """Backend, region, endpoint and FIPS: the flags over the manifest, as fetch has them."""
-        return Target.of(
-            self.manifest,
-            region=self.region,
-            endpoint_url=self.endpoint_url,
-            use_fips=self.use_fips,
-            backend=self.backend,
-        )
+        return Target.of(self.manifest, self.region, self.endpoint_url, self.use_fips, self.backend)
 
 
 @dataclass(frozen=True)

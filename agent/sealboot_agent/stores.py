@@ -167,6 +167,10 @@ def _tag_map(tags: Any) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in tags or ()}
 
 
+def _aws_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
 def _when(value: Any) -> datetime.datetime | None:
     return value if isinstance(value, datetime.datetime) else None
 
@@ -233,6 +237,22 @@ class Store:
         tier: str = "standard",
     ) -> dict[str, Any]:
         """Create one fragment holding *value* (one of ``encode``'s); AWS's answer."""
+        kwargs: dict[str, Any] = {
+            "Name": name,
+            **self._value_fields(value, tier),
+            "Description": description,
+            "Tags": _aws_tags(tags),
+        }
+        if kms_key_id:
+            kwargs[self._key_field] = kms_key_id
+        resp: dict[str, Any] = getattr(client, self._create_method)(**kwargs)
+        return resp
+
+    # What create() sends: the operation, the field naming the KMS key, the value's fields.
+    _create_method = ""
+    _key_field = ""
+
+    def _value_fields(self, value: bytes, tier: str) -> dict[str, Any]:
         raise NotImplementedError
 
     def list_fragments(
@@ -330,27 +350,11 @@ class SecretsManagerStore(Store):
                 out[name] = DELETED
         return out
 
-    def create(
-        self,
-        client: Client,
-        name: str,
-        value: bytes,
-        *,
-        tags: Mapping[str, str],
-        description: str,
-        kms_key_id: str | None = None,
-        tier: str = "standard",
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "Name": name,
-            "SecretBinary": value,
-            "Description": description,
-            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-        }
-        if kms_key_id:
-            kwargs["KmsKeyId"] = kms_key_id
-        resp: dict[str, Any] = client.create_secret(**kwargs)
-        return resp
+    _create_method = "create_secret"
+    _key_field = "KmsKeyId"
+
+    def _value_fields(self, value: bytes, tier: str) -> dict[str, Any]:
+        return {"SecretBinary": value}
 
     def list_fragments(
         self, client: Client, root: str, *, tag_key: str | None = None, page_size: int = 100
@@ -368,7 +372,7 @@ class SecretsManagerStore(Store):
                 )
 
     def tag(self, client: Client, name: str, tags: Mapping[str, str]) -> None:
-        client.tag_resource(SecretId=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        client.tag_resource(SecretId=name, Tags=_aws_tags(tags))
 
     def tags(self, client: Client, name: str) -> dict[str, str] | None:
         try:
@@ -446,29 +450,15 @@ class SsmStore(Store):
         out.update({str(n): ALREADY_GONE for n in resp.get("InvalidParameters", [])})
         return out
 
-    def create(
-        self,
-        client: Client,
-        name: str,
-        value: bytes,
-        *,
-        tags: Mapping[str, str],
-        description: str,
-        kms_key_id: str | None = None,
-        tier: str = "standard",
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "Name": name,
+    _create_method = "put_parameter"
+    _key_field = "KeyId"
+
+    def _value_fields(self, value: bytes, tier: str) -> dict[str, Any]:
+        return {
             "Value": value.decode("ascii"),
             "Type": "SecureString",
             "Tier": "Advanced" if tier == "advanced" else "Standard",
-            "Description": description,
-            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
         }
-        if kms_key_id:
-            kwargs["KeyId"] = kms_key_id
-        resp: dict[str, Any] = client.put_parameter(**kwargs)
-        return resp
 
     def list_fragments(
         self, client: Client, root: str, *, tag_key: str | None = None, page_size: int = 50
@@ -486,7 +476,7 @@ class SsmStore(Store):
         client.add_tags_to_resource(
             ResourceType="Parameter",
             ResourceId=name,
-            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+            Tags=_aws_tags(tags),
         )
 
     def tags(self, client: Client, name: str) -> dict[str, str] | None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import botocore.session
-import pytest
 from botocore.stub import Stubber
 
 from sealboot_agent.delete import delete_fragments
@@ -20,41 +17,6 @@ SM = STORES[BACKEND_SECRETS_MANAGER]
 SSM = STORES[BACKEND_SSM]
 NAMES = [f"aws.cluster.x-k8s.io/ns/c/m/Tok-{i}" for i in range(3)]
 PARAMS = [f"/cluster.x-k8s.io/ns/c/m/Tok/{i}" for i in range(12)]
-
-
-def _client(service: str) -> Any:
-    return botocore.session.Session().create_client(
-        service,
-        region_name="eu-west-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="secret",
-    )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def policy(clock: FakeClock) -> RetryPolicy:
-    return RetryPolicy(Deadline(30.0, clock, clock.sleep))
-
-
-@pytest.fixture
-def sm() -> Iterator[tuple[Any, Stubber]]:
-    client = _client("secretsmanager")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
-
-
-@pytest.fixture
-def ssm() -> Iterator[tuple[Any, Stubber]]:
-    client = _client("ssm")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
 
 
 def test_one_secret_is_deleted_without_recovery(

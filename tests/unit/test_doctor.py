@@ -17,27 +17,13 @@ from sealboot_agent.doctor import FAIL, OK, SKIP, WARN, Check, DoctorConfig, run
 from sealboot_agent.logs import configure_logging
 from sealboot_agent.run import Deps
 from sealboot_agent.wire import Manifest
-from tests.stack.imds import Identity, ImdsEmulator
+from tests.stack.imds import ImdsEmulator
 from tests.unit.fakes import client_error
 
-CREDS = {
-    "Code": "Success",
-    "Type": "AWS-HMAC",
-    "AccessKeyId": "ASIAFAKEFAKEFAKE1234",
-    "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY",
-    "Token": "IQoJb3JpZ2luX2VjEFAKE/session+token==",
-    "Expiration": "2099-01-01T00:00:00Z",
-}
 # What a parameter's value would be; it must never reach a verdict or a log line.
 VALUE_MARKER = "SEALBOOT-TEST-SECRET-VALUE-5d1e"
 SSM = Manifest.capa("/cluster.x-k8s.io/0b8f", 12, region="us-east-1", backend="ssm")
 SM = Manifest.capa("aws.cluster.x-k8s.io/0b8f", 3, region="us-east-1")
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsEmulator]:
-    with ImdsEmulator(Identity(), lambda: dict(CREDS)) as emulator:
-        yield emulator
 
 
 @pytest.fixture(autouse=True)

@@ -24,16 +24,6 @@ from tests.unit.fakes import FakeClock, FakeSecrets, client_error
 SM = STORES[BACKEND_SECRETS_MANAGER]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def policy(clock: FakeClock) -> RetryPolicy:
-    return RetryPolicy(Deadline(30.0, clock, clock.sleep))
-
-
 def stocked(count: int) -> tuple[FakeSecrets, list[str], list[bytes]]:
     fake = FakeSecrets()
     names = [f"aws.cluster.x-k8s.io/ns/c/m/tok-{i}" for i in range(count)]

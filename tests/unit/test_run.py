@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,9 @@ from sealboot_agent.wire import (
 from tests.stack.imds import Identity, ImdsEmulator
 from tests.unit.fakes import FakeSecrets, client_error
 
-CREDS = {
-    "Code": "Success",
-    "Type": "AWS-HMAC",
-    "AccessKeyId": "ASIAFAKEFAKEFAKE1234",
-    "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY",
-    "Token": "IQoJb3JpZ2luX2VjEFAKE/session+token==",
-    "Expiration": "2099-01-01T00:00:00Z",
-}
 # Base64 of random bytes compresses like real certificates: several CAPA-sized slices.
 DATA = b"#cloud-config\nbootcmd: [true]\n# " + base64.b64encode(random.Random(7).randbytes(9000))
 PREFIX = "aws.cluster.x-k8s.io/0b8f2f6e"
-
-
-@pytest.fixture
-def imds() -> Iterator[ImdsEmulator]:
-    with ImdsEmulator(Identity(), lambda: dict(CREDS)) as emulator:
-        yield emulator
 
 
 def native(fake: FakeSecrets) -> Manifest:

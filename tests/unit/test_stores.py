@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import datetime
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
@@ -47,31 +45,6 @@ N2 = "aws.cluster.x-k8s.io/ns/c/m/Tok-1"
 P1 = "/cluster.x-k8s.io/ns/c/m/Tok/0"
 P2 = "/cluster.x-k8s.io/ns/c/m/Tok/1"
 WHEN = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
-
-
-def _client(service: str) -> Any:
-    return botocore.session.Session().create_client(
-        service,
-        region_name="eu-west-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="secret",
-    )
-
-
-@pytest.fixture
-def sm() -> Iterator[tuple[Any, Stubber]]:
-    client = _client("secretsmanager")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
-
-
-@pytest.fixture
-def ssm() -> Iterator[tuple[Any, Stubber]]:
-    client = _client("ssm")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
 
 
 def _error(code: str, status: int = 400) -> ClientError:
