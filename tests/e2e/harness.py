@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -215,44 +216,40 @@ def bake_image(rootfs: Rootfs, workdir: Path, pyz: Path, base: Image | None = No
     *base*), as an image build would (packaging/install.sh)."""
     start = time.monotonic()
     base = base or plain_image(rootfs)
-    layer, work, mnt = workdir / "agent-layer", workdir / "bake-work", workdir / "bake-root"
-    mount_overlay(base.lowerdirs(), layer, work, mnt)
-    try:
+    layer = workdir / "agent-layer"
+    with new_layer(base.lowerdirs(), layer, workdir / "bake") as mnt:
         target = root_python(mnt)
         install_agent(mnt, pyz)
+    _timed(f"image {base.label} (install the agent)", start)
+    return Image(base.rootfs, (layer, *base.layers), target, base.name)
+
+
+@contextlib.contextmanager
+def new_layer(lower: Sequence[Path], layer: Path, scratch: Path) -> Iterator[Path]:
+    """Mount an overlayfs over *lower* whose upper directory is *layer*; yields the mount point.
+    What is written there is, once unmounted, a read-only layer to stack over *lower*."""
+    work, mnt = Path(f"{scratch}-work"), Path(f"{scratch}-root")
+    mount_overlay(lower, layer, work, mnt)
+    try:
+        yield mnt
     finally:
         unmount(mnt)
     shutil.rmtree(work)
     mnt.rmdir()
-    _timed(f"image {base.label} (install the agent)", start)
-    return Image(base.rootfs, (layer, *base.layers), target, base.name)
 
 
 def upstream_cloudinit_layer(rootfs: Rootfs, tree: Path, workdir: Path) -> Path:
     """A layer over *rootfs* whose ``cloudinit/`` package is upstream's from source *tree*
     (an opaque directory: nothing of Debian's shows through), compiled by the rootfs's python3
     so that no boot spends time on it."""
-    layer, work, mnt = workdir / "layer", workdir / "work", workdir / "root"
-    mount_overlay([rootfs.path], layer, work, mnt)
-    try:
-        package = mnt / "usr/lib/python3/dist-packages/cloudinit"
-        shutil.rmtree(package)
-        shutil.copytree(tree / "cloudinit", package, symlinks=True)
+    layer, package = workdir / "layer", "/usr/lib/python3/dist-packages/cloudinit"
+    with new_layer([rootfs.path], layer, workdir / "build") as mnt:
+        shutil.rmtree(mnt / package.lstrip("/"))
+        shutil.copytree(tree / "cloudinit", mnt / package.lstrip("/"), symlinks=True)
         compile_ = [tool("chroot"), str(mnt), "/usr/bin/python3", "-m", "compileall", "-q"]
-        res = subprocess.run(
-            [*compile_, "/usr/lib/python3/dist-packages/cloudinit"],
-            env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        res = run_killable([*compile_, package], 600, env={"PATH": SYSTEM_PATH})
         if res.returncode != 0:
             raise RuntimeError(f"compileall of {tree.name}'s cloudinit/ failed:\n{res.stdout}")
-    finally:
-        unmount(mnt)
-    shutil.rmtree(work)
-    mnt.rmdir()
     return layer
 
 
