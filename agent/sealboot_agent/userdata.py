@@ -87,7 +87,10 @@ _RUNCMD = re.compile(r"^runcmd\s*:", re.M)
 _FN_ALLOWED = frozenset("_-.()" + string.digits + string.ascii_letters)
 MAX_DEPTH = 16
 MAX_PARTS = 1000
-RESERVED_SCRIPTS = frozenset({"runcmd", "sealboot-failed"})
+# Names no script part may take once cleaned: sealboot's own scripts, and what no file can be.
+RESERVED_SCRIPTS = frozenset({"", ".", "..", "runcmd", "sealboot-failed"})
+# The longest file name Linux filesystems take (NAME_MAX); a cleaned name is ASCII.
+NAME_MAX = 255
 
 
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators: anything that could start
@@ -323,8 +326,9 @@ def split(data: bytes, budget: Budget) -> list[Part]:
             raise Refused(f"part {where} is filtered by Launch-Index, which the hand-off ignores")
         kind = _verdict(where, ctype, payload, leaf.merge_header)
         filename = clean_filename(leaf.filename or f"part-{attached:03d}")
-        if kind == "script" and (not filename or filename in RESERVED_SCRIPTS):
-            raise Refused(f"part {where}'s file name is empty or reserved once cleaned")
+        if kind == "script" and (filename in RESERVED_SCRIPTS or len(filename) > NAME_MAX):
+            # Refused now: writing it would fail only after the fragments are deleted.
+            raise Refused(f"part {where}'s file name is empty, reserved or too long once cleaned")
         parts.append(Part(len(parts), kind, payload, filename))
         if len(parts) > MAX_PARTS:
             raise Refused(f"user data has more than {MAX_PARTS} parts")
