@@ -17,7 +17,7 @@ from tests.e2e.harness import (
     expected_cloud_init,
     run_copies,
 )
-from tests.e2e.releases import UPSTREAM
+from tests.e2e.releases import UPSTREAM, resolve
 from tests.e2e.test_harness import (
     assert_clean_boot,
     assert_no_secret,
@@ -27,14 +27,15 @@ from tests.e2e.test_harness import (
 )
 
 SUITES = e2e_releases()
-# The fallback needs the AWS CLI v2 in the image: Debian's awscli from bookworm on (the rootfs
-# "SUITE+awscli"); upstream releases run in bookworm+awscli. 22.2.2 stands for Amazon Linux 2023,
-# whose AMIs ship the AWS CLI v2; 24.4.1 for RHEL 9.6/10. sid has no awscli rootfs (a build of
-# its own for no new code path).
+# The fallback needs the AWS CLI v2 in the image, in a rootfs "SUITE+awscli": Debian's awscli from
+# bookworm on (sid has no such rootfs: a build of its own for no new code path). Upstream releases
+# run in bookworm+awscli: 22.2.2 stands for Amazon Linux 2023, whose AMIs ship the AWS CLI v2, and
+# 24.4.1 for RHEL 9.6/10.
+FALLBACK_UPSTREAM = (UPSTREAM["22.2.2"].id, UPSTREAM["24.4.1"].id)
 FALLBACK_SUITES = [
     s
     for s in SUITES
-    if s in ("bookworm", "trixie") or s in (UPSTREAM["22.2.2"].id, UPSTREAM["24.4.1"].id)
+    if s in FALLBACK_UPSTREAM or (resolve(s)[0].upstream is None and s not in ("bullseye", "sid"))
 ]
 
 
