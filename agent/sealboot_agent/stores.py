@@ -43,32 +43,17 @@ Client = Any
 
 # --- The one table of AWS error codes -------------------------------------------------------
 
-THROTTLING = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "SlowDown",
-        "ThrottledException",
-    }
-)
-TRANSIENT = frozenset(
-    {
-        "InternalServiceError",
-        "InternalServiceErrorException",
-        "InternalFailure",
-        "InternalError",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-    }
-)
+# fmt: off
+THROTTLING = frozenset({
+    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+    "RequestThrottled", "RequestThrottledException", "SlowDown", "ThrottledException",
+})
+TRANSIENT = frozenset({
+    "InternalServiceError", "InternalServiceErrorException", "InternalFailure", "InternalError",
+    "InternalServerError", "ServiceUnavailable", "ServiceUnavailableException", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete",
+})
+# fmt: on
 # Worth another attempt: the same call may well succeed in a moment.
 RETRYABLE = THROTTLING | TRANSIENT
 DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
