@@ -100,12 +100,13 @@ def _add_source_args(parser: argparse.ArgumentParser, *, required: bool) -> None
     )
     parser.add_argument(
         "--endpoint-url",
-        help="Secrets Manager endpoint (VPC endpoint, test stack) [env SEALBOOT_ENDPOINT_URL]",
+        help="the fragments' store endpoint, Secrets Manager or SSM (VPC endpoint, test stack) "
+        "[env SEALBOOT_ENDPOINT_URL]",
     )
     parser.add_argument(
         "--imds-endpoint",
-        help="instance metadata base URL (default "
-        "http://169.254.169.254) [env SEALBOOT_IMDS_ENDPOINT]",
+        help=f"instance metadata base URL (default {DEFAULT_IMDS_ENDPOINT}) "
+        "[env SEALBOOT_IMDS_ENDPOINT]",
     )
 
 
