@@ -46,10 +46,13 @@ _CHUNK = 160
 
 
 def _template() -> str:
-    """The boothook template without its comments, which explain it to maintainers, not boots."""
+    """The boothook template without its comments and indentation, which are for maintainers.
+
+    No line of the template is inside a multi-line string, where indentation would be data.
+    """
     lines = resources.files("sealboot").joinpath("templates/boothook.sh").read_text().split("\n")
     return "\n".join(
-        line
+        line.lstrip(" ")
         for n, line in enumerate(lines)
         if n < 3 or not line.lstrip().startswith("# ") or "shellcheck" in line
     )
