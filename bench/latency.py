@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import gzip
+import json
 import shutil
 import statistics
 import subprocess
@@ -19,14 +20,20 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.payload import cloud_config
 from bench.procs import Measured, measured, probed
 from bench.stack import BenchStack
 from sealboot.render import render_userdata
 from sealboot.seal import SealConfig, seal
-from sealboot_agent.wire import Manifest
+from sealboot_agent.wire import (
+    CAPA_FRAGMENT_SIZE,
+    FORMAT_CAPA,
+    FORMAT_NATIVE,
+    Manifest,
+    gzip_deterministic,
+)
 
 BIN = Path(sys.executable).parent
 AWS_CLI = Path("/usr/bin/aws")
@@ -44,6 +51,9 @@ class Boot:
     imds: int
     ok: bool
     problem: str = ""
+    # The agent's own work once it holds credentials (fetch, verify, write, delete, hand-off),
+    # from the phase times in its state file: all that the number of fragments changes.
+    work: float | None = None
 
 
 @dataclass
@@ -84,6 +94,9 @@ class Series:
             "imds_requests_per_boot": sum(b.imds for b in self.boots) / n,
             "failures": self.failures,
         }
+        works = [b.work for b in self.boots if b.work is not None]
+        if works:
+            data["agent_work_median"] = round(statistics.median(works), 4)
         if self.mode == "fetch":  # probed; a direct child's ru_maxrss is the bench's own peak
             data["peak_rss_mb"] = round(max(b.m.maxrss_kb for b in self.boots) / 1024, 1)
         return data
@@ -115,6 +128,15 @@ def boothook_of(userdata: bytes) -> bytes:
     return payload.split(b"\n", 1)[1]
 
 
+def agent_work(root: Path) -> float | None:
+    """Seconds from the agent's "credentials" phase to "done" (its state file), if it got there."""
+    try:
+        times = json.loads((root / "var/lib/sealboot/state.json").read_text())["times"]
+        return float(times["done"]) - float(times["credentials"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fetch_args(manifest: Manifest, root: Path) -> list[str]:
     """``sealboot-agent`` arguments for one bare fetch of *manifest* into *root*."""
     return [
@@ -139,14 +161,16 @@ class Bench:
         self.client = stack.client("secretsmanager", via_proxy=True)
         self.n = 0
 
-    def seal(self, payload: bytes) -> Manifest:
+    def seal(self, payload: bytes, fmt: str = FORMAT_NATIVE) -> Manifest:
         self.n += 1
         return seal(
             payload,
             namespace="bench",
             cluster="latency",
             machine=f"node-{self.n}",
-            config=SealConfig(region=self.stack.region, endpoint_url=self.stack.proxy.url),
+            config=SealConfig(
+                region=self.stack.region, endpoint_url=self.stack.proxy.url, format=fmt
+            ),
             client=self.client,
         )
 
@@ -190,9 +214,10 @@ class Bench:
         left = set(manifest.fragments) & set(self.stack.secret_names())
         return f"{len(left)} fragment(s) left" if left else ""
 
-    def boot(self, payload: bytes, mode: str) -> Boot:
-        """Seal *payload* afresh, render it, and boot the boothook on a fresh root."""
-        manifest = self.seal(payload)
+    def boot(self, payload: bytes, mode: str, fmt: str = FORMAT_NATIVE) -> Boot:
+        """Seal *payload* afresh (in format *fmt*), render it, and boot the boothook on a
+        fresh root."""
+        manifest = self.seal(payload, fmt)
         root = self.fresh_root()
         hook = root.parent / "boothook.sh"
         hook.write_bytes(boothook_of(render_userdata(manifest)))
@@ -200,8 +225,10 @@ class Bench:
         env = self.env(root, mode)
         m, aws, imds = self._counted(lambda: measured([str(hook)], env=env, timeout=180, cwd="/"))
         problem = self._check(manifest, root, payload, m)
+        work = agent_work(root)
         shutil.rmtree(root.parent, ignore_errors=True)
-        return Boot(mode, len(payload), m, aws, imds, ok=not problem, problem=problem)
+        label = mode if fmt == FORMAT_NATIVE else f"{mode}-{fmt}"
+        return Boot(label, len(payload), m, aws, imds, not problem, problem, work)
 
     def fetch(self, payload: bytes) -> Boot:
         """``sealboot-agent fetch`` alone (no bash), for the agent's own RSS and CPU."""
@@ -240,6 +267,75 @@ def run_latency(
             for mode in order:
                 series[mode].boots.append(bench.boot(payload, mode))
         out.extend(series[m] for m in modes)
+    return out
+
+
+def capa_fragments(payload: bytes) -> int:
+    """How many fragments ``seal --format capa`` splits *payload* into (CAPA's 7000-byte
+    slices of the gzip stream)."""
+    return -(-len(gzip_deterministic(payload)) // CAPA_FRAGMENT_SIZE)
+
+
+def payload_in(fragments: int, prefer: int = 20 * 1024, step: int = 1024) -> bytes:
+    """A bench payload that CAPA seals into exactly *fragments* fragments (natively it is
+    still one): *prefer* bytes if that does, else the smallest size in *step*s above it."""
+    size = prefer
+    while True:
+        data = cloud_config(size, seed=size)
+        n = capa_fragments(data)
+        if n == fragments:
+            return data
+        if n > fragments:
+            raise ValueError(f"no payload from {prefer} bytes up gives {fragments} fragment(s)")
+        size += step
+
+
+@dataclass
+class PerFragment:
+    """The same payload booted natively (one fragment) and CAPA-sealed (*fragments*), ABBA."""
+
+    fragments: int
+    native: Series
+    capa: Series
+
+    def per_extra_fragment(self, of: Callable[[Boot], float | None] = lambda b: b.work) -> float:
+        """Seconds each fragment beyond the first adds, by the medians of *of* of each side's
+        boots (by default the agent's own work after credentials, see ``Boot.work``)."""
+        capa = statistics.median(v for b in self.capa.boots if (v := of(b)) is not None)
+        native = statistics.median(v for b in self.native.boots if (v := of(b)) is not None)
+        return (capa - native) / (self.fragments - 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fragments": self.fragments,
+            "native": self.native.summary(),
+            "capa": self.capa.summary(),
+            "per_extra_fragment_seconds": round(self.per_extra_fragment(), 4),
+            "per_extra_fragment_seconds_by_wall": round(
+                self.per_extra_fragment(lambda b: b.m.wall), 4
+            ),
+        }
+
+
+def run_fragments(
+    stack: BenchStack, work: Path, counts: list[int], runs: int, agent: Path | None = None
+) -> list[PerFragment]:
+    """Per fragment count: one payload, booted by the agent sealed natively and CAPA-sealed,
+    one discarded warm-up each, then *runs* each, alternating which goes first."""
+    bench = Bench(stack, work, agent)
+    out = []
+    for count in counts:
+        payload = payload_in(count)
+        pair = PerFragment(
+            count, Series(AGENT, len(payload)), Series(f"{AGENT}-capa", len(payload))
+        )
+        formats = ((FORMAT_NATIVE, pair.native), (FORMAT_CAPA, pair.capa))
+        for fmt, _ in formats:
+            bench.boot(payload, AGENT, fmt)  # warm-up
+        for i in range(runs):
+            for fmt, series in formats if i % 2 == 0 else tuple(reversed(formats)):
+                series.boots.append(bench.boot(payload, AGENT, fmt))
+        out.append(pair)
     return out
 
 

@@ -38,11 +38,13 @@ from bench.latency import (  # noqa: E402
     BIN,
     CLI,
     FLOOR_CODE,
+    PerFragment,
     Series,
     aws_cli_version,
     fetch_args,
     run_floor,
     run_footprint,
+    run_fragments,
     run_latency,
 )
 from bench.report import Table, counts, secs, spread, times  # noqa: E402
@@ -50,9 +52,13 @@ from bench.sealbulk import BulkSealResult, run_bulk_seal  # noqa: E402
 from bench.stack import REAL_QUOTAS, BenchStack  # noqa: E402
 from bench.storm import StormResult, run_storm  # noqa: E402
 
-SECTIONS = ("latency", "footprint", "storm", "seal")
+SECTIONS = ("latency", "fragments", "footprint", "storm", "seal")
+# The agent boots in these sections: they measure the artifact unless told otherwise.
+BOOTING = {"latency", "fragments", "footprint"}
 RATIO_TARGET = 10.0
 AGENT_WALL_TARGET = 0.5
+# Each fragment beyond the first should cost about one round trip, not a thread or a connection.
+PER_FRAGMENT_TARGET = 0.020
 QUOTA_RATIO_TARGET = 1.5
 RSS_TARGET_MB = 80.0
 REAL_TIME_STORM_MAX = 200
@@ -85,6 +91,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seal-workers",
         default="16,64",
         help="controller threads for the bulk seal, one run each (default 16,64)",
+    )
+    p.add_argument(
+        "--fragments",
+        default="2,9",
+        help="CAPA-sealed fragment counts booted next to the same payload sealed natively "
+        "(default 2,9)",
+    )
+    p.add_argument(
+        "--fragment-runs",
+        type=int,
+        default=11,
+        help="boots per format and fragment count (default 11: a few ms per fragment needs "
+        "more boots than the latency rows to see through a busy box)",
     )
     p.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)}")
     p.add_argument(
@@ -121,12 +140,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--only takes {', '.join(SECTIONS)}")
     args.size_list = [int(s) * KB for s in args.sizes.split(",") if s]
     args.worker_list = [int(w) for w in args.seal_workers.split(",") if w]
+    args.fragment_list = [int(n) for n in args.fragments.split(",") if n]
+    if any(n < 2 for n in args.fragment_list):
+        p.error("--fragments takes counts of 2 or more")
     if not 1 <= args.storm <= 1000:
         p.error("--storm takes 1 to 1000 instances")
     if not 0 < args.storm_scale <= 1:
         p.error("--storm-scale is in (0, 1]")
-    if args.runs < 1:
-        p.error("--runs must be at least 1")
+    if args.runs < 1 or args.fragment_runs < 1:
+        p.error("--runs and --fragment-runs must be at least 1")
     return args
 
 
@@ -169,7 +191,7 @@ def _system_python() -> str:
 
 
 def _agent_label(args: argparse.Namespace) -> str:
-    if not args.sections & {"latency", "footprint"}:
+    if not args.sections & BOOTING:
         return "in-process only (storm)"
     if args.agent_bin:
         return str(args.agent_bin)
@@ -255,6 +277,40 @@ def latency_rows(table: Table, series: list[Series], floor: Series | None = None
                 target=f"< {AGENT_WALL_TARGET:g} s",
                 ok=agent.median < AGENT_WALL_TARGET and not agent.failures,
             )
+
+
+def fragment_rows(table: Table, pairs: list[PerFragment]) -> None:
+    for pair in pairs:
+        label = f"{pair.native.size // KB} KB"
+        for s, name in (
+            (pair.native, "native, 1 fragment"),
+            (pair.capa, f"CAPA, {pair.fragments}"),
+        ):
+            sm = s.summary()
+            table.add(
+                "1",
+                f"boot {label}, agent, {name}: wall, median (min-max) of {sm['runs']}",
+                spread(sm["wall_median"], sm["wall_min"], sm["wall_max"]),
+                reference=f"per boot: AWS {counts(sm['aws_requests_per_boot'])}",
+                target="every boot succeeds" if s.failures else "",
+                ok=False if s.failures else None,
+            )
+        if pair.native.failures or pair.capa.failures:
+            continue
+        each = pair.per_extra_fragment()
+        by_wall = pair.per_extra_fragment(lambda b: b.m.wall)
+        capa, native = pair.capa.summary(), pair.native.summary()
+        table.add(
+            "1",
+            f"boot {label}: each extra fragment (CAPA {pair.fragments} vs native 1)",
+            f"{each * 1000:.1f} ms",
+            reference=f"agent work after credentials, medians {capa['agent_work_median']:.3f} s"
+            f" vs {native['agent_work_median']:.3f} s, / {pair.fragments - 1}; "
+            f"by wall medians {by_wall * 1000:.1f} ms",
+            ratio=times(pair.capa.median / pair.native.median),
+            target=f"< {PER_FRAGMENT_TARGET * 1000:g} ms",
+            ok=each < PER_FRAGMENT_TARGET,
+        )
 
 
 def storm_rows(table: Table, r: StormResult, *, judged: bool) -> None:
@@ -352,6 +408,9 @@ Boots run the rendered boothook with bash, as cloud-init does: 'agent' with seal
 PATH (by default the agent as an image runs it: this tree's artifact behind install.sh's wrapper,
 on /usr/bin/python3), 'CLI fallback' with only /usr/bin/aws; same payload, fresh root and fresh
 fragments each run. 'floor': that agent's interpreter importing botocore and requests, no work.
+'CAPA, N': the same payload sealed --format capa (7000-byte fragments) next to native (one
+fragment), alternating; each extra fragment = the difference of the medians of the agent's own
+work once it holds credentials (its state file's phase times) / (N - 1); by wall beside it.
 'storm N xS': S x the real quotas, every agent clock, sleep and deadline stretched 1/S
 (bench/sim.py), so the quota and not this machine's CPU is the bottleneck; 'real' = measured x S.
 'storm N real-time': the same at the real quotas, unstretched; on a small box it is bound by the
@@ -418,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = BenchStack(work, stock=args.stock_stack)
     try:
         artifact = args.agent_bin is None
-        if artifact and args.sections & {"latency", "footprint"}:
+        if artifact and args.sections & BOOTING:
             print("building the agent artifact (packaging/build_dist.py) ...", flush=True)
             args.agent_bin = installed_agent(work)
         stack.start()
@@ -440,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
             if floor is not None:
                 results["floor"] = {"code": FLOOR_CODE, **floor.summary()}
             latency_rows(table, series, floor)
+        if "fragments" in args.sections:
+            print("1. boot-path latency per fragment: native vs CAPA-sealed ...", flush=True)
+            pairs = run_fragments(
+                stack, work, args.fragment_list, args.fragment_runs, args.agent_bin
+            )
+            results["fragments"] = [p.summary() for p in pairs]
+            fragment_rows(table, pairs)
         if "storm" in args.sections:
             results["storm"] = []
             print(
