@@ -52,6 +52,15 @@ def capa(fake: FakeSecrets) -> Manifest:
     return manifest
 
 
+@pytest.fixture
+def fake() -> FakeSecrets:
+    return FakeSecrets()
+
+
+def deny_delete(fake: FakeSecrets, manifest: Manifest) -> None:
+    fake.delete_errors[manifest.fragments[0]] = client_error("AccessDeniedException")
+
+
 def run(
     tmp_path: Path, imds: ImdsEmulator, fake: FakeSecrets, manifest: Manifest, **kw: object
 ) -> tuple[AgentConfig, Done]:
@@ -108,11 +117,10 @@ def test_a_second_run_reads_nothing_and_returns_no_payload(
 
 
 def test_a_resumed_run_hands_over_the_durable_copy_without_fetching(
-    tmp_path: Path, imds: ImdsEmulator
+    tmp_path: Path, imds: ImdsEmulator, fake: FakeSecrets
 ) -> None:
-    fake = FakeSecrets()
     manifest = native(fake)
-    fake.delete_errors[manifest.fragments[0]] = client_error("AccessDeniedException")
+    deny_delete(fake, manifest)
     with pytest.raises(DeleteError):
         run(tmp_path, imds, fake, manifest, require_delete=True)
     del fake.delete_errors[manifest.fragments[0]]
@@ -123,9 +131,8 @@ def test_a_resumed_run_hands_over_the_durable_copy_without_fetching(
 
 
 def test_a_missing_fragment_fails_the_run_and_deletes_nothing(
-    tmp_path: Path, imds: ImdsEmulator
+    tmp_path: Path, imds: ImdsEmulator, fake: FakeSecrets
 ) -> None:
-    fake = FakeSecrets()
     manifest = capa(fake)
     del fake.store[manifest.fragments[1]]
     with pytest.raises(FragmentMissing):
@@ -145,11 +152,10 @@ def test_a_failed_run_is_recorded_in_the_state_file(tmp_path: Path, imds: ImdsEm
 
 
 def test_a_fragment_left_behind_is_a_warning_unless_delete_is_required(
-    tmp_path: Path, imds: ImdsEmulator
+    tmp_path: Path, imds: ImdsEmulator, fake: FakeSecrets
 ) -> None:
-    fake = FakeSecrets()
     manifest = native(fake)
-    fake.delete_errors[manifest.fragments[0]] = client_error("AccessDeniedException")
+    deny_delete(fake, manifest)
     _, done = run(tmp_path, imds, fake, manifest)
     assert done.state.left_behind == list(manifest.fragments)
     assert done.state.outcome == "ok"

@@ -162,8 +162,9 @@ def test_sm_delete_of_a_missing_secret_is_already_gone(sm: tuple[Any, Stubber]) 
 def test_sm_delete_raises_other_errors(sm: tuple[Any, Stubber]) -> None:
     client, stub = sm
     stub.add_client_error("delete_secret", "AccessDeniedException")
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as info:
         SM.delete(client, [N1])
+    assert error_code(info.value) == "AccessDeniedException"
 
 
 def test_sm_create_passes_binary_key_and_tags(sm: tuple[Any, Stubber]) -> None:
