@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import pickle
 import subprocess
 
 from cloudinit import sources
@@ -134,11 +136,41 @@ class DataSourceSealboot(DataSourceEc2.DataSourceEc2):  # type: ignore[misc]
             else:
                 LOG.info("sealboot: unsealing failed before; leaving the user data to the boothook")
             return found
+        before = self._unsealed_at_first_boot(digest)
+        if before is not None:
+            self.userdata_raw = before
+            LOG.info("sealboot: user data unsealed at this instance's first boot; not again")
+            self._sealboot_unsealed = (digest, before)
+            return found
         real = self._unseal(manifest)
         self._sealboot_unsealed = (digest, real)
         if real is not None:
             self.userdata_raw = real
         return found
+
+    def _unsealed_at_first_boot(self, digest: str) -> bytes | None:
+        """What this instance's own ``obj.pkl`` unsealed from the same sealed user data."""
+        # On a reboot cloud-init may drop its cache (22.4 and 25.1's Ec2 cannot check the
+        # instance id) and discover this datasource afresh, while obj.pkl of the first boot is
+        # still on disk: reuse it rather than run the agent, whose fragments are gone.
+        instance_id = str((self.metadata or {}).get("instance-id") or "")
+        try:
+            userdata.scripts_dir(instance_id)  # one plain path segment, or Refused
+            path = os.path.join(self.paths.cloud_dir, "instances", instance_id, "obj.pkl")
+            with open(path, "rb") as f:
+                previous = pickle.load(f)  # noqa: S301 - cloud-init's own cache, root 0400
+        except Exception as exc:  # noqa: BLE001
+            LOG.debug("sealboot: no first-boot datasource to reuse (%s)", type(exc).__name__)
+            return None
+        remembered = getattr(previous, "_sealboot_unsealed", None)
+        if (
+            isinstance(remembered, tuple)
+            and len(remembered) == 2
+            and remembered[0] == digest
+            and isinstance(remembered[1], bytes)
+        ):
+            return remembered[1]
+        return None
 
     def _unseal(self, manifest: str) -> bytes | None:
         instance_id = str((self.metadata or {}).get("instance-id") or "")

@@ -300,34 +300,17 @@ def test_sealboot_datasource_under_systemd(suite: str, boots: Boots) -> None:
     datasource_boot(suite, boots)
 
 
-# A known bug, found by these boots (the chroot harness has no datasource reboot): on a real
-# reboot the init-local stage finds no /run/cloud-init/.instance-id, drops the cache link, and the
-# network stage rediscovers DataSourceSealboot, which runs the agent again.
-REDISCOVERY_BUG = (
-    "known bug: on reboot cloud-init rediscovers DataSourceSealboot, which runs the agent again "
-    "(exit 10: handed over already, /var/lib/sealboot/userdata gone), logs a WARNING (25.1: "
-    "'degraded done') and hands cloud-init the sealed boothook, which replaces the unsealed "
-    "user-data.txt (per-boot parts of the payload stop running)"
-)
-
-
 @pytest.mark.parametrize("suite", SUITES)
 def test_sealboot_datasource_reboot_is_a_no_op(suite: str, boots: Boots) -> None:
+    stock = boots.stock(suite)  # first: a stock boot serves other user data from IMDS
     inst, token = datasource_boot(suite, boots)
 
-    try:
-        again = reboot_changes_nothing(inst, token, boots.aws, boots.stock(suite))
-    except AssertionError:
-        # xfail on exactly the known symptom; anything else fails, and a fix makes this pass.
-        again = inst.systemd_boots[-1]
-        if (
-            again.number == 2
-            and "fetch exited 10; leaving the sealed user data" in again.cloud_init_log
-        ):
-            pytest.xfail(REDISCOVERY_BUG)
-        raise
+    again = reboot_changes_nothing(inst, token, boots.aws, stock)
 
+    # On a reboot cloud-init rediscovers the datasource (no /run/cloud-init/.instance-id; Ec2
+    # cannot check the instance id), which must reuse what the first boot unsealed.
     assert again.cloud_init_log.count("sealboot: unsealed") == 1, "unsealed again on reboot"
+    assert "unsealed at this instance's first boot" in again.cloud_init_log, again.describe()
 
 
 # --- the harness itself: what it must notice --------------------------------------------------
