@@ -7,14 +7,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import botocore.session
 import pytest
 from botocore.stub import Stubber
 
 from sealboot_agent.imds import Deadline
 from sealboot_agent.retry import RetryPolicy
 from tests.stack.imds import Identity, ImdsEmulator
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import FakeClock, stubbed
 
 # Instance-profile credentials as IMDS hands them out (fake, and never valid anywhere).
 CREDS = {
@@ -60,25 +59,15 @@ def imds() -> Iterator[ImdsEmulator]:
         yield emulator
 
 
-def _stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
-    client = botocore.session.Session().create_client(
-        service,
-        region_name="eu-west-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="secret",
-    )
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
-
-
 @pytest.fixture
 def sm() -> Iterator[tuple[Any, Stubber]]:
     """A real Secrets Manager client whose network is botocore's Stubber."""
-    yield from _stubbed("secretsmanager")
+    with stubbed("secretsmanager") as pair:
+        yield pair
 
 
 @pytest.fixture
 def ssm() -> Iterator[tuple[Any, Stubber]]:
     """A real SSM client whose network is botocore's Stubber."""
-    yield from _stubbed("ssm")
+    with stubbed("ssm") as pair:
+        yield pair

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import botocore.session
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
 
 def client_error(
@@ -20,6 +24,20 @@ def client_error(
         },
         op,
     )
+
+
+@contextlib.contextmanager
+def stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
+    """A real botocore client whose HTTP layer is botocore's Stubber; every answer used up."""
+    client = botocore.session.Session().create_client(
+        service,
+        region_name="eu-west-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+    )
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
 
 
 class FakeSecrets:

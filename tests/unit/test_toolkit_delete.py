@@ -3,11 +3,6 @@ in place of the network."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
-
-import botocore.session
 import pytest
 from botocore.stub import Stubber
 
@@ -15,6 +10,7 @@ from sealboot.delete import delete, delete_fragments
 from sealboot.errors import AccessDenied, AwsError
 from sealboot_agent.stores import STORES
 from sealboot_agent.wire import Manifest
+from tests.unit.fakes import stubbed
 
 SM = STORES["secrets-manager"]
 SSM = STORES["ssm"]
@@ -22,20 +18,6 @@ TOKEN = "a" * 52
 NAMES = [f"aws.cluster.x-k8s.io/ns/c1/m0/{TOKEN}-{i}" for i in range(3)]
 PARAMS = [f"/cluster.x-k8s.io/ns/c1/m0/{TOKEN}/{i}" for i in range(12)]
 LABELS = {"namespace": "ns", "cluster": "c1", "machine": "m0"}
-
-
-@contextlib.contextmanager
-def stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
-    """A real botocore client whose HTTP layer is botocore's Stubber; every answer used up."""
-    client = botocore.session.Session().create_client(
-        service,
-        region_name="eu-west-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="secret",
-    )
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
 
 
 def _manifest(backend: str, names: list[str]) -> Manifest:
