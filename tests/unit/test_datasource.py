@@ -25,18 +25,15 @@ from typing import Any
 import pytest
 
 from sealboot.render import render_userdata
-from sealboot_agent.wire import Manifest
+from sealboot_agent.wire import DEFAULT_ROOT, Manifest
 
 REPO = Path(__file__).parents[2]
 RELEASE = "24.4.1"
 IID = "i-0123456789abcdef0"
 PAYLOAD = b"#cloud-config\nruncmd: [[echo, unsealed]]\n"
-SEALED = Manifest(
-    backend="secrets-manager",
-    format="native",
-    fragments=("aws.cluster.x-k8s.io/default/c1/m1/ds-0",),
-    region="eu-west-1",
-    sha256="0" * 64,
+# What a stock CAPA controller writes, sealed for the cloud-init hand-off.
+SEALED = Manifest.capa(
+    f"{DEFAULT_ROOT}/0b8f5c8e-1f7a-4f0e-9d0c-3c1f6c2b7a11", 1, region="eu-west-1"
 )
 
 
