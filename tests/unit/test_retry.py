@@ -28,6 +28,7 @@ from sealboot_agent.retry import (
     client_error,
     with_retries,
 )
+from sealboot_agent.stores import DENIED, KMS, KMS_KEY, NOT_FOUND, RETRYABLE, UNREADABLE
 from tests.unit.fakes import FakeClock
 from tests.unit.fakes import client_error as aws_error
 
@@ -210,3 +211,18 @@ def _no_calls() -> Iterator[None]:
 def test_waiting_for_forgets_the_call_when_it_ends() -> None:
     with pytest.raises(RuntimeError), waiting_for(IMDS, "IMDS (GET x)"):
         raise RuntimeError
+
+
+@pytest.mark.parametrize("code", sorted(RETRYABLE))
+def test_every_code_the_table_calls_retryable_is_retried(code: str) -> None:
+    assert classify(aws_error(code)) == "retry"
+
+
+@pytest.mark.parametrize("code", sorted(DENIED))
+def test_every_denial_in_the_table_waits_for_the_boot_window(code: str) -> None:
+    assert classify(aws_error(code)) == "denied"
+
+
+@pytest.mark.parametrize("code", sorted(NOT_FOUND | KMS | KMS_KEY | UNREADABLE))
+def test_what_another_attempt_cannot_change_is_final(code: str) -> None:
+    assert classify(aws_error(code)) == "final"
