@@ -16,8 +16,8 @@ import logging
 import shlex
 import tokenize
 from collections.abc import Iterator
+from email.message import Message
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from importlib import resources
 
 from sealboot.errors import InputError, TooLarge
@@ -253,17 +253,24 @@ def render_boothook(manifest: Manifest, handoff: str = "cloud-init") -> str:
     return script
 
 
+def _part(subtype: str, body: str) -> Message:
+    """A text part with only its content type: RFC 2045's defaults (us-ascii, 7bit) are ours."""
+    if not body.isascii():
+        raise AssertionError("a part of the rendered user data is not ASCII")
+    part = Message()
+    part["Content-Type"] = f"text/{subtype}"
+    part.set_payload(body)
+    return part
+
+
 def _mime(manifest: Manifest, handoff: str) -> str:
     outer = MIMEMultipart(boundary=f"==sealboot-{manifest.manifest_id[:16]}==")
-    part = MIMEText(render_boothook(manifest, handoff), "cloud-boothook", "us-ascii")
+    part = _part("cloud-boothook", render_boothook(manifest, handoff))
     part.add_header("Content-Disposition", "attachment", filename="sealboot.sh")
-    # The outer message says it once; cloud-init reads a part without it.
-    del part["MIME-Version"]
     outer.attach(part)
     if handoff == "capa":
         # CAPA's legacy layout; stock cloud-init 20.3+ refuses the missing file (README).
-        include = MIMEText(f"#include\nfile://{CAPA_USERDATA}\n", "x-include-url", "us-ascii")
-        outer.attach(include)
+        outer.attach(_part("x-include-url", f"#include\nfile://{CAPA_USERDATA}\n"))
     return outer.as_string()
 
 
