@@ -140,7 +140,7 @@ def run_agent(root: Path, data: bytes, capfd: pytest.CaptureFixture[str]) -> tup
 def test_agent_and_fallback_agree_on_the_oracle_corpus(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    corpus = cases()
+    corpus = cases() + EXTRA
     old = os.umask(0o077)
     try:
         fallback = run_fallback(tmp_path, corpus)
@@ -197,6 +197,12 @@ def test_the_comparison_sees_a_difference(
     assert hooks_ran(out) == ["oracle-boothook"]
 
 
+# Beyond the oracle corpus: what once split the two paths (a probe in issue 12).
+_MAIL = multipart([part("text/cloud-config", CC), part("text/x-shellscript", SCRIPT)])
+EXTRA = [
+    Case("from-header-mime", b"From: oracle@example.invalid\n" + _MAIL),
+    Case("from-header-plain", b"From: oracle@example.invalid\n\n#cloud-config\nruncmd: [id]\n"),
+]
 END_TO_END = [
     Case("cloud-config", CC),
     Case(
