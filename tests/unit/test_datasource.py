@@ -1,4 +1,4 @@
-"""The sealboot datasource on cloud-init's own classes (24.4.1 upstream), one behaviour per test.
+"""The sealboot datasource on cloud-init's own classes (four upstream releases), one behaviour each.
 
 cloud-init is not a dependency of the toolkit or of the virtualenv: its source comes from the
 verified upstream archive (``scripts/e2e/cloud_init_sources.py``, ``../shared/cloud-init`` or
@@ -28,7 +28,8 @@ from sealboot.render import render_userdata
 from sealboot_agent.wire import DEFAULT_ROOT, Manifest
 
 REPO = Path(__file__).parents[2]
-RELEASE = "24.4.1"
+# The upstream releases recorded in scripts/e2e/cloud-init (AL2023, RHEL 9, Ubuntu 24.04).
+RELEASES = ["22.2.2", "23.4.4", "24.1.7", "24.4.1"]
 IID = "i-0123456789abcdef0"
 PAYLOAD = b"#cloud-config\nruncmd: [[echo, unsealed]]\n"
 # What a stock CAPA controller writes, sealed for the cloud-init hand-off.
@@ -37,25 +38,25 @@ SEALED = Manifest.capa(
 )
 
 
-def _cloud_init_tree() -> Path:
+def _cloud_init_tree(release: str) -> Path:
     res = subprocess.run(
         [sys.executable, str(REPO / "scripts/e2e/cloud_init_sources.py"), "--offline", "--json"]
-        + [RELEASE],
+        + [release],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     found = json.loads(res.stdout)["sources"]
-    assert RELEASE in found, res.stdout + res.stderr
-    return Path(found[RELEASE])
+    assert release in found, res.stdout + res.stderr
+    return Path(found[release])
 
 
-@pytest.fixture(scope="module")
-def ci() -> Iterator[types.SimpleNamespace]:
-    """cloud-init's modules and the datasource module, imported on the upstream tree."""
+@pytest.fixture(scope="module", params=RELEASES)
+def ci(request: pytest.FixtureRequest) -> Iterator[types.SimpleNamespace]:
+    """cloud-init's modules and the datasource module, imported on one upstream release's tree."""
     before = set(sys.modules)
-    tree = str(_cloud_init_tree())
+    tree = str(_cloud_init_tree(request.param))
     sys.path.insert(0, tree)
     try:
         importlib.import_module("configobj")
@@ -70,8 +71,12 @@ def ci() -> Iterator[types.SimpleNamespace]:
             distros=importlib.import_module("cloudinit.distros"),
             sources=importlib.import_module("cloudinit.sources"),
             ec2=importlib.import_module("cloudinit.sources.DataSourceEc2"),
+            stages=importlib.import_module("cloudinit.stages"),
             ds=importlib.import_module("sealboot_cloudinit.DataSourceSealboot"),
         )
+        # obj.pkl is written by sources.pkl_store from 23.1 on, by stages._pkl_store before.
+        ns.pkl_store = getattr(ns.sources, "pkl_store", None) or ns.stages._pkl_store
+        ns.pkl_load = getattr(ns.sources, "pkl_load", None) or ns.stages._pkl_load
         assert ns.sources.__file__.startswith(tree)
         yield ns
     finally:
@@ -196,9 +201,9 @@ def test_a_refresh_from_obj_pkl_restores_without_running_the_agent(boot: Boot) -
     ds = boot.datasource()
     assert ds.get_data() is True
     pkl = boot.root / "obj.pkl"
-    assert boot.ci.sources.pkl_store(ds, str(pkl))
+    assert boot.ci.pkl_store(ds, str(pkl))
 
-    restored = boot.ci.sources.pkl_load(str(pkl))
+    restored = boot.ci.pkl_load(str(pkl))
     # What a hotplug or a boot event does to the restored datasource: EC2 is crawled again.
     refreshed = restored.update_metadata_if_supported([boot.ci.sources.EventType.BOOT])
 
@@ -213,9 +218,9 @@ def test_an_obj_pkl_of_an_older_sealboot_is_taken_over(boot: Boot) -> None:
     assert ds.get_data() is True
     del ds.__dict__["_sealboot_unsealed"]  # what an older sealboot pickled
     pkl = boot.root / "obj.pkl"
-    assert boot.ci.sources.pkl_store(ds, str(pkl))
+    assert boot.ci.pkl_store(ds, str(pkl))
 
-    restored = boot.ci.sources.pkl_load(str(pkl))
+    restored = boot.ci.pkl_load(str(pkl))
 
     digest = hashlib.sha256(boot.user_data).hexdigest()
     assert restored.__dict__["_sealboot_unsealed"] == (digest, PAYLOAD)
