@@ -15,7 +15,8 @@ from sealboot.fragments import Fragment, identify
 from sealboot.names import INSTANCE_TAG, fragment_names, parse_fragment_name
 from sealboot.report import ProgressBar, SweepReport
 from sealboot.sweep import sweep
-from tests.unit.test_toolkit_delete import NAMES, PARAMS, stubbed
+from tests.unit.fakes import stubbed
+from tests.unit.test_toolkit_delete import NAMES, PARAMS
 
 HOUR = datetime.timedelta(hours=1)
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
