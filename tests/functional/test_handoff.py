@@ -165,8 +165,8 @@ def test_stdout_hand_off_after_a_reboot_serves_cloud_inits_verified_copy(
     payload = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
     sealed = seal(instance.stack, tmp_path, payload)
     iid = instance.stack.identity.instance_id
-    argv = ("fetch", "--handoff", "stdout", "--manifest", str(sealed.manifest_path))
-    argv += ("--instance-id", iid)
+    argv = ["fetch", "--handoff", "stdout", "--manifest", str(sealed.manifest_path)]
+    argv += ["--instance-id", iid]
 
     def fetch() -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
