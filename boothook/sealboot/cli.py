@@ -358,6 +358,16 @@ def _run(
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _parse(argv: Sequence[str] | None, stdout: TextIO, stderr: TextIO) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code when argparse ended the run (usage, --help)."""
+    # argparse prints usage, --help and --version itself; send them to our streams.
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            return build_parser().parse_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+
+
 def main(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -367,13 +377,9 @@ def main(
 ) -> int:
     """Run the toolkit CLI; return the exit code (see EXIT_CODES)."""
     env = os.environ if env is None else env
-    parser = build_parser()
-    try:
-        # argparse prints usage, --help and --version itself; send them to our streams.
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = _parse(argv, stdout, stderr)
+    if isinstance(args, int):
+        return args
     verbose = args.verbose + getattr(args, "sub_verbose", 0)
     handler = logging.StreamHandler(stderr)
     handler.setFormatter(_Formatter("%(message)s"))

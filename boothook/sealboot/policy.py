@@ -295,45 +295,21 @@ def _backend_word(scope: Scope) -> str:
     return _WORD[scope.backend]
 
 
-def node_policy(
-    *,
-    backend: str = BACKEND_SECRETS_MANAGER,
-    namespace: str | None = None,
-    cluster: str | None = None,
-    kms_key_arn: str | None = None,
-    partition: str | None = None,
-    region: str | None = None,
-    account: str | None = None,
-) -> dict[str, Any]:
+def node_policy(**scope: Any) -> dict[str, Any]:
     """The instance role's policy: get and delete this cluster's fragments, nothing else.
+
+    *scope* takes :meth:`Scope.build`'s keywords (backend, namespace, cluster, kms_key_arn,
+    partition, region, account).
 
     Example::
 
         >>> node_policy(backend="ssm", namespace="ns", cluster="c")["Statement"][0]["Action"][0]
         'ssm:DeleteParameter'
     """
-    scope = Scope.build(
-        backend=backend,
-        namespace=namespace,
-        cluster=cluster,
-        kms_key_arn=kms_key_arn,
-        partition=partition,
-        region=region,
-        account=account,
-    )
-    return policy_for(ROLE_NODE, scope)
+    return policy_for(ROLE_NODE, Scope.build(**scope))
 
 
-def controller_policy(
-    *,
-    backend: str = BACKEND_SECRETS_MANAGER,
-    namespace: str | None = None,
-    cluster: str | None = None,
-    kms_key_arn: str | None = None,
-    partition: str | None = None,
-    region: str | None = None,
-    account: str | None = None,
-) -> dict[str, Any]:
+def controller_policy(**scope: Any) -> dict[str, Any]:
     """The controller's policy: exactly what seal, delete, tag-instance and sweep call.
 
     Example::
@@ -341,16 +317,7 @@ def controller_policy(
         >>> "secretsmanager:ListSecrets" in json.dumps(controller_policy())
         True
     """
-    scope = Scope.build(
-        backend=backend,
-        namespace=namespace,
-        cluster=cluster,
-        kms_key_arn=kms_key_arn,
-        partition=partition,
-        region=region,
-        account=account,
-    )
-    return policy_for(ROLE_CONTROLLER, scope)
+    return policy_for(ROLE_CONTROLLER, Scope.build(**scope))
 
 
 def policy_for(role: str, scope: Scope) -> dict[str, Any]:
