@@ -33,8 +33,10 @@ MANIFEST, MISSING, DENIED, INTEGRITY, SERVICE, WRITE, UNSUPPORTED = 2, 4, 5, 6, 
 PLAINTEXT = "/var/lib/sealboot/userdata"
 HOOKS = "/var/lib/sealboot/boothooks"
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,2048}")
+# Every code of stores.RETRYABLE (a unit test holds the two together), and the CLI's own words.
 _RETRY = re.compile(
-    r"Throttl|TooManyRequests|ServiceUnavailable|InternalServiceError|InternalFailure|"
+    r"Throttl|TooManyRequests|RequestLimitExceeded|SlowDown|Internal(Service|Server)?(Error|Fail)|"
+    r"ServiceUnavailable|RequestTimeout|PriorRequestNotComplete|"
     r"Could not connect|Connection was closed|Read timeout|Unable to locate credentials|"
     r"Error when retrieving credentials"
 )
