@@ -28,9 +28,16 @@ from sealboot_agent.errors import (
     IntegrityError,
     StateError,
     UnsupportedUserData,
+    WriteError,
     shown,
 )
-from sealboot_agent.state import confined_to, make_private_dirs, remove_under, write_durable
+from sealboot_agent.state import (
+    confined_to,
+    make_private_dirs,
+    read_under,
+    remove_under,
+    write_durable,
+)
 from sealboot_agent.userdata import Part
 from sealboot_agent.wire import sha256_hex
 
@@ -69,15 +76,15 @@ def cloud_init_instance_id(cfg: AgentConfig) -> str | None:
 def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
     """The verified durable copy, when this run did not read the user data itself."""
     try:
-        data = cfg.path(cfg.output).read_bytes()
-    except OSError as exc:
+        data = read_under(cfg.path(cfg.output), cfg.max_size, root=cfg.root)
+    except (OSError, WriteError) as exc:
         # After the first boot the cleanup script has removed our copy; on a reboot cloud-init
         # may rediscover the datasource (22.4 and 25.1's Ec2 cannot check the instance id) and
         # ask again. cloud-init's own copy of what it was handed is then the durable one.
         copy = _cloud_init_copy(cfg)
         if copy is None:
             raise StateError(
-                f"the user data was handed over already and {cfg.output} is gone ({exc.strerror})",
+                f"the user data was handed over already and {cfg.output} is gone ({_why(exc)})",
                 hint="cloud-init keeps its own copy for this instance; nothing to fetch again",
             ) from exc
         where, data = copy
@@ -88,6 +95,10 @@ def handed_over_copy(cfg: AgentConfig, state: State) -> bytes:
     return data
 
 
+def _why(exc: OSError | WriteError) -> str:
+    return exc.message if isinstance(exc, WriteError) else str(exc.strerror)
+
+
 def _cloud_init_copy(cfg: AgentConfig) -> tuple[str, bytes] | None:
     """cloud-init's ``user-data.txt`` of this instance, when there is one to read."""
     instance_id = cloud_init_instance_id(cfg)
@@ -95,8 +106,8 @@ def _cloud_init_copy(cfg: AgentConfig) -> tuple[str, bytes] | None:
         return None
     path = instance_dir(cfg.root, instance_id) / "user-data.txt"
     try:
-        return f"/{path.relative_to(cfg.root)}", path.read_bytes()
-    except OSError:
+        return f"/{path.relative_to(cfg.root)}", read_under(path, cfg.max_size, root=cfg.root)
+    except (OSError, WriteError):
         return None
 
 

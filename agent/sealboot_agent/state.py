@@ -204,6 +204,16 @@ def open_under(path: Path, flags: int, mode: int = 0o600, *, root: Path | None =
         os.close(dir_fd)
 
 
+def read_under(path: Path, limit: int, *, root: Path | None = None) -> bytes:
+    """At most *limit* + 1 bytes of the regular file *path*, reached as :func:`open_under` does."""
+    # O_NONBLOCK: a FIFO planted there must not hang the boot.
+    fd = open_under(path, os.O_RDONLY | os.O_NONBLOCK, root=root)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read(limit + 1)
+
+
 def remove_under(path: Path, *, root: Path | None = None) -> None:
     """Remove the file *path* under *root* if it is there, through no symlink out of the root."""
     try:

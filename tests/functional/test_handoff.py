@@ -195,3 +195,25 @@ def test_stdout_hand_off_after_a_reboot_serves_cloud_inits_verified_copy(
     assert changed.returncode != 0
     assert changed.stdout == b""
     assert b"does not match the digest" in changed.stderr
+
+
+def test_stdout_hand_off_after_a_reboot_follows_no_symlink_out_of_the_root(
+    instance: Instance, tmp_path: Path
+) -> None:
+    payload = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
+    sealed = seal(instance.stack, tmp_path, payload)
+    iid = instance.stack.identity.instance_id
+    argv = [str(BIN / "sealboot-agent"), "fetch", "--handoff", "stdout", "--root"]
+    argv += [str(instance.root), "--manifest", str(sealed.manifest_path), "--instance-id", iid]
+    first = subprocess.run(argv, env=instance.env(), capture_output=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    (instance.root / "var/lib/sealboot/userdata").unlink()
+    outside = tmp_path / "outside-user-data.txt"
+    outside.write_bytes(payload)
+    (instance.root / f"var/lib/cloud/instances/{iid}/user-data.txt").symlink_to(outside)
+
+    again = subprocess.run(argv, env=instance.env(), capture_output=True, timeout=120, check=False)
+
+    assert again.returncode != 0
+    assert again.stdout == b""
+    assert b"handed over already" in again.stderr
