@@ -6,6 +6,7 @@ import gzip
 import shlex
 import stat
 import subprocess
+from collections.abc import Callable
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -157,40 +158,47 @@ def test_capa_handoff_keeps_the_legacy_layout(instance: Instance, tmp_path: Path
     assert secret_names(instance.stack) == []
 
 
+REBOOT_PAYLOAD = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
+
+
+def _handed_over_once(
+    instance: Instance, tmp_path: Path
+) -> Callable[[], subprocess.CompletedProcess[bytes]]:
+    """Seal, fetch once with --handoff stdout, remove our copy as the cleanup script does."""
+    sealed = seal(instance.stack, tmp_path, REBOOT_PAYLOAD)
+    argv = [str(BIN / "sealboot-agent"), "fetch", "--handoff", "stdout", "--root"]
+    argv += [str(instance.root), "--manifest", str(sealed.manifest_path)]
+    argv += ["--instance-id", instance.stack.identity.instance_id]
+
+    def fetch() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            argv, env=instance.env(), capture_output=True, timeout=120, check=False
+        )
+
+    first = fetch()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == REBOOT_PAYLOAD
+    (instance.root / "var/lib/sealboot/userdata").unlink()
+    return fetch
+
+
 def test_stdout_hand_off_after_a_reboot_serves_cloud_inits_verified_copy(
     instance: Instance, tmp_path: Path
 ) -> None:
     # A reboot in datasource mode: the cleanup script removed our copy after the first boot, and
     # cloud-init (22.4, 25.1: Ec2 cannot check the instance id) rediscovers the datasource.
-    payload = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
-    sealed = seal(instance.stack, tmp_path, payload)
+    fetch = _handed_over_once(instance, tmp_path)
     iid = instance.stack.identity.instance_id
-    argv = ["fetch", "--handoff", "stdout", "--manifest", str(sealed.manifest_path)]
-    argv += ["--instance-id", iid]
-
-    def fetch() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [str(BIN / "sealboot-agent"), *argv, "--root", str(instance.root)],
-            env=instance.env(),
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-
-    first = fetch()
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == payload
-    (instance.root / "var/lib/sealboot/userdata").unlink()
     cloud_init_copy = instance.root / f"var/lib/cloud/instances/{iid}/user-data.txt"
-    cloud_init_copy.write_bytes(payload)
+    cloud_init_copy.write_bytes(REBOOT_PAYLOAD)
 
     again = fetch()
 
     assert again.returncode == 0, again.stderr
-    assert again.stdout == payload
-    assert_no_secret(again.stderr.decode(errors="replace"), payload)
+    assert again.stdout == REBOOT_PAYLOAD
+    assert_no_secret(again.stderr.decode(errors="replace"), REBOOT_PAYLOAD)
 
-    cloud_init_copy.write_bytes(payload + b"# changed\n")
+    cloud_init_copy.write_bytes(REBOOT_PAYLOAD + b"# changed\n")
     changed = fetch()
     assert changed.returncode != 0
     assert changed.stdout == b""
@@ -200,19 +208,13 @@ def test_stdout_hand_off_after_a_reboot_serves_cloud_inits_verified_copy(
 def test_stdout_hand_off_after_a_reboot_follows_no_symlink_out_of_the_root(
     instance: Instance, tmp_path: Path
 ) -> None:
-    payload = b"#cloud-config\nruncmd: [id]\n# " + SECRET_MARKER + b"\n"
-    sealed = seal(instance.stack, tmp_path, payload)
+    fetch = _handed_over_once(instance, tmp_path)
     iid = instance.stack.identity.instance_id
-    argv = [str(BIN / "sealboot-agent"), "fetch", "--handoff", "stdout", "--root"]
-    argv += [str(instance.root), "--manifest", str(sealed.manifest_path), "--instance-id", iid]
-    first = subprocess.run(argv, env=instance.env(), capture_output=True, timeout=120, check=False)
-    assert first.returncode == 0, first.stderr
-    (instance.root / "var/lib/sealboot/userdata").unlink()
     outside = tmp_path / "outside-user-data.txt"
-    outside.write_bytes(payload)
+    outside.write_bytes(REBOOT_PAYLOAD)
     (instance.root / f"var/lib/cloud/instances/{iid}/user-data.txt").symlink_to(outside)
 
-    again = subprocess.run(argv, env=instance.env(), capture_output=True, timeout=120, check=False)
+    again = fetch()
 
     assert again.returncode != 0
     assert again.stdout == b""
